@@ -1,0 +1,57 @@
+"""Shared test fixtures: every process of the contract and strategies over them."""
+
+import math
+
+import torch
+from hypothesis import strategies as st
+
+import unigen as ug
+
+DDPM_BETAS = torch.linspace(1e-4, 0.02, 1000, dtype=torch.float64)
+
+
+def _affine():
+    # a user path with no closed forms given: derivatives by autograd, inverse by bisection
+    return ug.Affine(alpha=lambda t: 1 - t**2, sigma=lambda t: torch.sin(0.5 * math.pi * t))
+
+
+PROCESSES = {
+    "vp_linear": ug.VP.linear(),
+    "vp_cosine": ug.VP.cosine(),
+    "vp_discrete": ug.VP.discrete(DDPM_BETAS),
+    "vp_discrete_zsnr": ug.VP.discrete(DDPM_BETAS, rescale_zero_terminal_snr=True),
+    "subvp": ug.SubVP(),
+    "ve": ug.VE(),
+    "edm": ug.EDM(),
+    "fm": ug.FlowMatching(),
+    "cosine": ug.Cosine(),
+    "affine": _affine(),
+}
+NAMES = sorted(PROCESSES)
+
+
+def interior(process, u):
+    """Map u in [0, 1] into the interior [2%, 98%] of the process's domain."""
+    lo, hi = process.t_min, process.t_max
+    return lo + (0.02 + 0.96 * u) * (hi - lo)
+
+
+processes = st.sampled_from(NAMES).map(lambda n: PROCESSES[n])
+unit = st.floats(0.0, 1.0, allow_nan=False)
+shapes = st.sampled_from([(3,), (2, 4), (5, 1, 3), (1, 2, 2, 2)])
+
+
+def grad(fn, t):
+    """Elementwise derivative by autograd (constant functions allowed)."""
+    tt = t.detach().clone().requires_grad_(True)
+    y = fn(tt) + 0 * tt
+    (g,) = torch.autograd.grad(y.sum(), tt)
+    return g
+
+
+def mixture(dim=2, k=3, seed=0, diagonal=False):
+    g = torch.Generator().manual_seed(seed)
+    means = 2 * torch.randn(k, dim, generator=g)
+    stds = 0.2 + torch.rand((k, dim) if diagonal else (k,), generator=g)
+    weights = 0.5 + torch.rand(k, generator=g)
+    return ug.GaussianMixture(means, stds, weights)

@@ -1,0 +1,213 @@
+r"""Network output types and the ONE conversion routine between them.
+
+Given z_t = alpha x + sigma eps, every output a network may be trained to produce is
+affine in the pair (x0, eps) = (E[x|z], E[eps|z]):
+
+===========  =====================  ==================================================
+name         out = a x0 + b eps     meaning
+===========  =====================  ==================================================
+x0           (1, 0)                 posterior mean of the data
+denoiser     (1, 0)                 EDM's D(z/alpha; sigma/alpha) = x0, fed VE inputs
+eps          (0, 1)                 posterior mean of the noise (Ho et al. 2020)
+v            (-sigma, alpha)        Salimans & Ho's literal alpha eps - sigma x
+velocity     (alpha', sigma')       flow-matching velocity dz/dt = u (PF-ODE drift)
+score        (0, -1/sigma)          grad_z log p_t(z) = -eps/sigma (Tweedie)
+===========  =====================  ==================================================
+
+:func:`convert` solves  [[alpha, sigma], [a_src, b_src]] [x0; eps] = [z; out]  and
+re-projects onto (a_dst, b_dst): six coefficient pairs instead of thirty pairwise
+functions (math sheet, section 1). The determinant ``alpha b_src - sigma a_src`` vanishes
+where the source output carries no information beyond z (x0 at sigma = 0; eps or score
+at alpha = 0); a conversion that needs the missing half raises
+:class:`SingularConversionError` instead of returning NaN.
+
+Note on "v": the literal alpha eps - sigma x is the usual v for VP processes. It is *not*
+invariant under (alpha, sigma) -> c (alpha, sigma), so outside VP it differs from the
+scale-invariant v_n = v/sqrt(alpha^2+sigma^2) (and from EDM's F = -v_n at sigma_data = 1).
+For flow matching v = (1-t) eps - t x, which is not the velocity u = eps - x.
+"""
+
+from __future__ import annotations
+
+from functools import cached_property
+
+import torch
+from torch import Tensor
+
+from ._utils import SingularConversionError, as_time, check_time_shape, expand_like
+
+__all__ = ["PARAMETRIZATIONS", "convert", "coefficients", "Prediction", "check_parametrization"]
+
+PARAMETRIZATIONS = ("eps", "x0", "v", "score", "velocity", "denoiser")
+
+# Names whose coefficient rows are parallel for every process: converting between
+# them is a rescaling that never needs the (x0, eps) hub, so it is never singular.
+_FAMILY = {"x0": "x0", "denoiser": "x0", "eps": "eps", "score": "eps"}
+
+
+def check_parametrization(name, argument: str = "parametrization") -> str:
+    if not isinstance(name, str) or name not in PARAMETRIZATIONS:
+        raise ValueError(f"unknown {argument} {name!r}; valid names are {', '.join(PARAMETRIZATIONS)}")
+    return name
+
+
+class _Coefs:
+    """alpha, sigma (and alpha', sigma' on demand) of one process at one t, broadcast to z."""
+
+    def __init__(self, process, t: Tensor, z: Tensor):
+        self.process, self.t, self.z = process, t, z
+
+    @cached_property
+    def alpha(self):
+        return expand_like(self.process.alpha(self.t), self.z)
+
+    @cached_property
+    def sigma(self):
+        return expand_like(self.process.sigma(self.t), self.z)
+
+    @cached_property
+    def d_alpha(self):
+        return expand_like(self.process.d_alpha(self.t), self.z)
+
+    @cached_property
+    def d_sigma(self):
+        return expand_like(self.process.d_sigma(self.t), self.z)
+
+    def ab(self, name: str):
+        """(a, b) with out = a x0 + b eps. Zeros and ones stay Python numbers."""
+        if name in ("x0", "denoiser"):
+            return 1.0, 0.0
+        if name == "eps":
+            return 0.0, 1.0
+        if name == "v":
+            return -self.sigma, self.alpha
+        if name == "velocity":
+            return self.d_alpha, self.d_sigma
+        if name == "score":
+            return 0.0, -1.0 / self.sigma
+        raise ValueError(f"unknown parametrization {name!r}; valid names are {', '.join(PARAMETRIZATIONS)}")
+
+
+def coefficients(name: str, process, t) -> tuple[Tensor, Tensor]:
+    """The pair (a_t, b_t) with ``name`` = a_t x0 + b_t eps, as tensors shaped like t."""
+    check_parametrization(name)
+    t = as_time(t)
+    a, b = _Coefs(process, t, t).ab(name)
+    return a * torch.ones_like(t), b * torch.ones_like(t)
+
+
+def _reproject(out: Tensor, z: Tensor, src_c: _Coefs, src: str, dst_c: _Coefs, dst: str, check: bool) -> Tensor:
+    """The single conversion formula.
+
+    With (x0, eps) solved from  alpha x0 + sigma eps = z,  a x0 + b eps = out  (det = alpha b - sigma a)
+    the target a' x0 + b' eps equals  [(a' b - b' a) z + (b' alpha - a' sigma) out] / det.
+    ``src_c`` and ``dst_c`` are the coefficients of the source and target processes; they
+    differ only inside Model.to, where x0 and eps are shared between two processes.
+    """
+    if _FAMILY.get(src) is not None and _FAMILY.get(src) == _FAMILY.get(dst):
+        if src == dst or {src, dst} == {"x0", "denoiser"}:
+            return out
+        # eps <-> score: score = -eps / sigma
+        return out * (-1.0 / dst_c.sigma) if dst == "score" else out * (-src_c.sigma)
+    a, b = src_c.ab(src)
+    a2, b2 = dst_c.ab(dst)
+    alpha, sigma = src_c.alpha, src_c.sigma
+    det = alpha * b - sigma * a
+    if check:
+        _check_det(det, alpha, sigma, a, b, src, dst, src_c.t)
+    return ((a2 * b - b2 * a) * z + (b2 * alpha - a2 * sigma) * out) / det
+
+
+def _check_det(det, alpha, sigma, a, b, src, dst, t):
+    det = torch.as_tensor(det)
+    size = (torch.as_tensor(alpha).abs() + torch.as_tensor(sigma).abs()) * (
+        torch.as_tensor(a).abs() + torch.as_tensor(b).abs()
+    )
+    tiny = 64 * torch.finfo(det.dtype).eps
+    if bool(((det.abs() <= tiny * size) | ~torch.isfinite(det)).any()):
+        raise SingularConversionError(
+            f"cannot convert {src!r} to {dst!r} at t={t.flatten()[:4].tolist()}: there alpha="
+            f"{torch.as_tensor(alpha).flatten()[:1].tolist()} and sigma={torch.as_tensor(sigma).flatten()[:1].tolist()}, "
+            f"so a {src!r} output does not determine (x0, eps). Predict x0, v or velocity there, "
+            "or stop the grid short of that time."
+        )
+
+
+def convert(out: Tensor, z: Tensor, t, process, src: str = "eps", dst: str = "x0", *, check: bool = True) -> Tensor:
+    r"""Convert a network output ``out`` of type ``src`` at (z, t) into type ``dst``.
+
+    Args:
+        out: the output, shape of ``z``.
+        z: the noisy input z_t, shape [batch, ...].
+        t: time, shape [] or [batch], in the process's domain.
+        process: a :class:`unigen.process.Process`.
+        src, dst: names from ``PARAMETRIZATIONS``.
+        check: validate inputs and singularity (syncs the host; solvers pass False).
+
+    Raises:
+        ValueError: unknown name, mismatched shapes/devices, t outside the domain.
+        SingularConversionError: the conversion is undetermined at this t.
+    """
+    check_parametrization(src, "src")
+    check_parametrization(dst, "dst")
+    t = as_time(t, like=z)
+    if check:
+        check_time_shape(t, z)
+        if not isinstance(out, Tensor) or out.shape != z.shape:
+            raise ValueError(
+                f"out must have the shape of z {tuple(z.shape)}, got "
+                f"{tuple(out.shape) if isinstance(out, Tensor) else type(out).__name__}"
+            )
+        if out.device != z.device:
+            raise ValueError(f"out is on {out.device} but z is on {z.device}")
+        process.check_t(t)
+    c = _Coefs(process, t.to(out.dtype) if t.dtype != out.dtype else t, z)
+    return _reproject(out, z, c, src, c, dst, check)
+
+
+class Prediction:
+    """One network evaluation at (z, t), readable in every parametrization.
+
+    Attributes ``x0, eps, v, score, velocity, denoiser`` are computed on first access and
+    cached, so a solver that needs (x0, eps) pays for the conversion once per model call.
+    """
+
+    def __init__(self, out: Tensor, z: Tensor, t: Tensor, process, parametrization: str):
+        self.out, self.z, self.t, self.process = out, z, t, process
+        self.parametrization = parametrization
+        self._c = _Coefs(process, t, z)
+
+    def as_(self, name: str) -> Tensor:
+        """The prediction as output type ``name`` (no singularity check: see :func:`convert`)."""
+        check_parametrization(name, "name")
+        return getattr(self, name)
+
+    def _get(self, name):
+        return _reproject(self.out, self.z, self._c, self.parametrization, self._c, name, check=False)
+
+    @cached_property
+    def x0(self) -> Tensor:
+        return self._get("x0")
+
+    @cached_property
+    def eps(self) -> Tensor:
+        return self._get("eps")
+
+    @cached_property
+    def v(self) -> Tensor:
+        return self._get("v")
+
+    @cached_property
+    def score(self) -> Tensor:
+        return self._get("score")
+
+    @cached_property
+    def velocity(self) -> Tensor:
+        return self._get("velocity")
+
+    @cached_property
+    def denoiser(self) -> Tensor:
+        return self.x0
+
+    def __repr__(self):
+        return f"Prediction({self.parametrization}, shape={tuple(self.z.shape)}, process={self.process!r})"
