@@ -115,7 +115,7 @@ class _Transformed(Model):
             t_in, z_in = t, z
         else:
             t_in, c = time_change(self.process, inner.process, t)
-            z_in = z / expand_like(c, z)
+            z_in = z * expand_like(c, z)  # c = alpha_inner / alpha_outer
         src = inner.predict(z_in, t_in)
         return _reproject(src.out, z_in, src._c, inner.parametrization, _Coefs(self.process, t, z), self.parametrization, check=False)
 

@@ -1,0 +1,48 @@
+import json
+
+import pytest
+import torch
+
+import unigen.verify as V
+from unigen.cli import main
+
+
+def test_verify_passes_and_prints_table(capsys):
+    assert main(["verify"]) == 0
+    out = capsys.readouterr().out
+    assert "PASS" in out and "FAIL" not in out
+    assert f"{len(V.CLAIMS)}/{len(V.CLAIMS)} claims hold" in out
+
+
+def test_verify_shows_fail_for_a_perturbed_conversion(monkeypatch, capsys):
+    """Break the conversion hub slightly: the round-trip claim must turn FAIL and exit 1."""
+    import unigen.parametrization as P
+
+    real = P._reproject
+
+    def perturbed(out, z, src_c, src, dst_c, dst, check):
+        return real(out, z, src_c, src, dst_c, dst, check) * (1 + 1e-6)
+
+    monkeypatch.setattr(P, "_reproject", perturbed)
+    assert main(["verify", "--only", "round trips"]) == 1
+    assert "FAIL" in capsys.readouterr().out
+
+
+def test_verify_json_and_unknown_claim(capsys):
+    assert main(["verify", "--json", "--only", "tweedie"]) == 0
+    data = json.loads(capsys.readouterr().out)
+    assert data[0]["passed"] and data[0]["error"] < 1e-8
+    assert main(["verify", "--only", "no-such-claim"]) == 2
+    assert "claims are:" in capsys.readouterr().err
+
+
+def test_a_crashing_claim_is_a_fail():
+    res = V.run_claims([V.Claim("boom", "x", 1.0, lambda: 1 / 0)])
+    assert not res[0].passed and "ZeroDivisionError" in res[0].setting
+
+
+def test_cli_help():
+    with pytest.raises(SystemExit) as e:
+        main(["--help"])
+    assert e.value.code == 0
+    torch.set_default_dtype(torch.float64)
