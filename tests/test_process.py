@@ -83,10 +83,11 @@ def test_discrete_matches_cumprod_at_grid_points():
     t = p.t_from_timestep(n)
     torch.testing.assert_close(p.alpha(t) ** 2, abar, rtol=1e-12, atol=1e-15)
     torch.testing.assert_close(p.timestep(t), n.double(), rtol=0, atol=1e-9)
-    assert p.t_min == pytest.approx(1e-3) and p.t_max == 1.0
+    assert p.t_min == 0.0 and p.sample_end == pytest.approx(1e-3) and p.t_max == 1.0
+    assert float(p.alpha(torch.tensor(0.0))) == 1.0  # the clean point (set_alpha_to_one)
     # the math sheet's numbers for this table
     assert float(abar[-1]) == pytest.approx(4.04e-5, rel=1e-2)
-    lo, hi = p.log_snr_range
+    lo, hi = float(p.log_snr(torch.tensor(1.0))), float(p.log_snr(torch.tensor(1e-3)))
     assert lo == pytest.approx(-10.12, abs=0.01) and hi == pytest.approx(9.21, abs=0.01)
 
 
@@ -134,7 +135,7 @@ def test_zero_terminal_snr():
     assert float(p.alpha(one)) == 0.0 and float(p.sigma(one)) == 1.0
     assert float(p.log_snr(one)) == -math.inf
     assert float(p.t_from_log_snr(torch.tensor(-math.inf))) == 1.0
-    t0 = torch.tensor(p.t_min)
+    t0 = torch.tensor(1e-3)
     torch.testing.assert_close(p.alpha(t0), plain.alpha(t0), rtol=1e-14, atol=0)  # first step kept
     t = torch.linspace(p.t_min, 1.0, 2001)
     for fn in (p.alpha, p.sigma, p.d_alpha, p.d_sigma, p.log_snr):

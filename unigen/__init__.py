@@ -6,10 +6,20 @@ from .analytic import GaussianMixture
 from .model import Model, guided
 from .parametrization import PARAMETRIZATIONS, Prediction, coefficients, convert
 from .process import EDM, VE, VP, Affine, Cosine, FlowMatching, Process, SubVP, time_change
+from . import solvers
+from .sample import SampleInfo, sample
+from .schedules import SCHEDULES, make_grid
+from .solvers import *  # noqa: F401,F403  (every registered solver: ug.DDIM, ug.DPMSolverPP, ...)
 
 __version__ = "0.1.0"
 
 __all__ = [
+    "solvers",
+    "sample",
+    "SampleInfo",
+    "SCHEDULES",
+    "make_grid",
+    *solvers.REGISTRY,
     "analytic",
     "GaussianMixture",
     "Model",

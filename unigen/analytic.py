@@ -164,7 +164,7 @@ class GaussianMixture:
                 one = torch.ones_like(s)
                 return self.posterior(y, one, s)[0]
 
-            return Model(fn, process, "denoiser")
+            return Model(fn, process, "denoiser", energy=self.energy_fn(process))
 
         def fn(z, t):
             self._check_event(z)
@@ -178,7 +178,15 @@ class GaussianMixture:
             a, b = _Coefs(process, t, z).ab(parametrization)
             return a * x0 + b * eps
 
-        return Model(fn, process, parametrization)
+        return Model(fn, process, parametrization, energy=self.energy_fn(process))
+
+    def energy_fn(self, process):
+        """E(z, t) = -log p_t(z) (exactly normalised), so grad_z E = -score."""
+
+        def energy(z, t):
+            return -self._components(z, process.alpha(t), process.sigma(t))[3]
+
+        return energy
 
     def exact_ode_solution(self, z: Tensor, t_from, t_to, process) -> Tensor:
         """Exact probability-flow ODE map z_{t_from} -> z_{t_to} for a single-component mixture.

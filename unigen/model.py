@@ -35,19 +35,31 @@ class Model:
         time_input: maps the continuous time (the VE level s for a denoiser) to what the
             network expects, e.g. ``process.timestep`` for a DDPM index, or
             ``lambda s: s.log() / 4`` for EDM's c_noise. Default: identity.
+        energy: optional ``energy(z, t) -> [batch]`` with grad_z energy = -score (an EBM, or
+            -log p_t up to a constant); needed by Metropolis-adjusted samplers (MALA).
 
     Calling ``model(z, t)`` validates shapes, devices and the time domain and returns a
     :class:`~unigen.parametrization.Prediction`; solvers call :meth:`predict`, which skips
     the validation so a step never syncs the host.
     """
 
-    def __init__(self, fn: Callable, process: Process, parametrization: str = "eps", time_input: Callable | None = None):
+    def __init__(
+        self,
+        fn: Callable,
+        process: Process,
+        parametrization: str = "eps",
+        time_input: Callable | None = None,
+        energy: Callable | None = None,
+    ):
         if fn is not None and not callable(fn):
             raise TypeError(f"fn must be callable as fn(z, time), got {type(fn).__name__}")
         if not isinstance(process, Process):
             raise TypeError(f"process must be a unigen Process (e.g. ug.VP.linear()), got {type(process).__name__}")
-        if time_input is not None and not callable(time_input):
-            raise TypeError(f"time_input must be callable, got {type(time_input).__name__}")
+        for name, f in (("time_input", time_input), ("energy", energy)):
+            if f is not None and not callable(f):
+                raise TypeError(f"{name} must be callable, got {type(f).__name__}")
+        if energy is not None:
+            self.energy = energy
         self.fn = fn
         self.process = process
         self.parametrization = check_parametrization(parametrization)
@@ -101,6 +113,13 @@ class _Transformed(Model):
     def __init__(self, inner: Model, process: Process, parametrization: str):
         super().__init__(None, process, parametrization)
         self.inner = inner
+        if callable(getattr(inner, "energy", None)):
+            self.energy = self._energy
+
+    def _energy(self, z, t):
+        # p_B(z, t) = p_A(c z, t_A) c^d: the energy moves with the input, up to a constant in z
+        t_in, c = time_change(self.process, self.inner.process, t)
+        return self.inner.energy(z * expand_like(c, z), t_in)
 
     def validate(self, z, t):
         t = super().validate(z, t)

@@ -56,6 +56,7 @@ class Process:
 
     t_min: float = 0.0
     t_max: float = 1.0
+    default_schedule: str = "logsnr"
 
     # -- the four primitives -------------------------------------------------------
     def alpha(self, t: Tensor) -> Tensor:
@@ -290,12 +291,14 @@ class VPCosine(VP):
 
 
 class VPDiscrete(VP):
-    r"""A DDPM beta table as a continuous process on [1/N, 1].
+    r"""A DDPM beta table as a continuous process on [0, 1].
 
     Grid point n = 0..N-1 sits at t_n = (n + 1)/N with alpha(t_n)^2 = prod_{i<=n}(1 - beta_i)
     exactly; between grid points log alpha is linear in t (DPM-Solver's discrete-time
-    convention, Lu et al. 2022, Appendix). The network's integer timestep is
-    ``timestep(t) = N t - 1``.
+    convention, Lu et al. 2022, Appendix). The network's timestep is
+    ``timestep(t) = N t - 1``, so the trained range is [1/N, 1]; sampling ends at 1/N by
+    default. One extra knot t = 0 with alpha = 1 (diffusers' ``set_alpha_to_one``) is the
+    clean-data point that a final step may land on (it is never fed to the network).
 
     With ``rescale_zero_terminal_snr=True`` the sqrt(alpha_bar) table is shifted and scaled so
     that alpha(1) = 0 while alpha(1/N) is kept (Lin et al. 2023, Algorithm 1). log alpha is
@@ -327,11 +330,13 @@ class VPDiscrete(VP):
             sqrt_ab = (sqrt_ab - aT) * a0 / (a0 - aT)
             alphas_cumprod = sqrt_ab**2
         self.alphas_cumprod = alphas_cumprod
-        self.t_min = 1.0 / n
-        self.t_max = 1.0
-        self._t_knots = torch.arange(1, n + 1, dtype=torch.float64) / n
-        self._alpha_knots = sqrt_ab
-        log_a = torch.log(sqrt_ab)
+        self.t_min, self.t_max = 0.0, 1.0
+        self.sample_end = 1.0 / n
+        self.default_schedule = "trailing" if rescale_zero_terminal_snr else "logsnr"
+        # knots k = 0..N at t = k/N; knot 0 is the clean point alpha = 1
+        self._t_knots = torch.arange(0, n + 1, dtype=torch.float64) / n
+        self._alpha_knots = torch.cat([torch.ones(1, dtype=torch.float64), sqrt_ab])
+        log_a = torch.log(self._alpha_knots)
         if rescale_zero_terminal_snr:
             log_a[-1] = log_a[-2]  # placeholder; the last segment is interpolated in alpha
         self._log_alpha_knots = log_a
@@ -350,15 +355,14 @@ class VPDiscrete(VP):
         return self._cache[key]
 
     def _segment(self, t):
-        """Left knot index i (segment [t_i, t_{i+1}]), the fraction within it, and dt."""
+        """Left knot index i of the segment [t_i, t_{i+1}] holding t, and the fraction within it."""
         tk, _, _ = self._knots(t)
         n = self.num_timesteps
-        i = torch.clamp(torch.ceil(t * n - 1.0).long() - 1, 0, n - 2)
-        frac = (t - tk[i]) * n
-        return i, frac
+        i = torch.clamp(torch.ceil(t * n).long() - 1, 0, n - 1)
+        return i, (t - tk[i]) * n
 
     def _is_last_linear(self, i):
-        return (i == self.num_timesteps - 2) if self.rescale_zero_terminal_snr else torch.zeros_like(i, dtype=torch.bool)
+        return (i == self.num_timesteps - 1) if self.rescale_zero_terminal_snr else torch.zeros_like(i, dtype=torch.bool)
 
     def _log_alpha(self, t):
         _, la, a = self._knots(t)
@@ -373,8 +377,7 @@ class VPDiscrete(VP):
         _, la, a = self._knots(t)
         i, _ = self._segment(t)
         n = self.num_timesteps
-        slope_log = (la[i + 1] - la[i]) * n
-        d = self.alpha(t) * slope_log
+        d = self.alpha(t) * (la[i + 1] - la[i]) * n
         if not self.rescale_zero_terminal_snr:
             return d
         return torch.where(self._is_last_linear(i), (a[i + 1] - a[i]) * n, d)
@@ -383,14 +386,14 @@ class VPDiscrete(VP):
         lam = as_time(lam)
         tk, la, a = self._knots(lam)
         n = self.num_timesteps
-        m = n - 1 if self.rescale_zero_terminal_snr else n  # knots interpolated in log alpha
+        m = n if self.rescale_zero_terminal_snr else n + 1  # knots interpolated in log alpha
         target = self._log_alpha_from_log_snr(lam)
         # log alpha decreases along the knots: find i with la[i] >= target > la[i+1]
         idx = torch.searchsorted(-la[:m].contiguous(), -target.reshape(-1).contiguous(), right=True)
         i = torch.clamp(idx - 1, 0, m - 2).reshape(target.shape)
         t = tk[i] + (target - la[i]) / ((la[i + 1] - la[i]) * n)
         if self.rescale_zero_terminal_snr:
-            j = n - 2  # final segment: alpha (not log alpha) is linear, reaching 0 at t = 1
+            j = n - 1  # final segment: alpha (not log alpha) is linear, reaching 0 at t = 1
             t_last = tk[j] + (torch.exp(target) - a[j]) / ((a[j + 1] - a[j]) * n)
             t = torch.where(target < la[j], t_last, t)
         return t
@@ -492,6 +495,8 @@ class EDM(Process):
             raise ValueError(f"sigma_max must exceed sigma_min, got {sigma_min} and {sigma_max}")
         self.t_min = 0.0
         self.t_max = self.sigma_max
+        self.sample_end = self.sigma_min
+        self.default_schedule = "karras"
 
     def _repr_fields(self):
         return {"sigma_min": self.sigma_min, "sigma_max": self.sigma_max}
@@ -525,6 +530,9 @@ class FlowMatching(Process):
     r"""Rectified flow / conditional OT path (Lipman et al. 2023, Liu et al. 2023):
     alpha = 1 - t, sigma = t; f = -1/(1-t), g^2 = 2t/(1-t). t = 0 is data."""
 
+    default_schedule = "uniform"
+    sample_end = 0.0
+
     def alpha(self, t):
         return 1.0 - t
 
@@ -553,6 +561,9 @@ class FlowMatching(Process):
 class Cosine(Process):
     r"""Cosine interpolant: alpha = cos(pi t/2), sigma = sin(pi t/2);
     f = -(pi/2) tan(pi t/2), g^2 = pi tan(pi t/2)."""
+
+    default_schedule = "uniform"
+    sample_end = 0.0
 
     def alpha(self, t):
         return torch.cos(0.5 * math.pi * t)

@@ -1,0 +1,159 @@
+r"""``sample()``: the one loop every solver runs in.
+
+It owns what k-diffusion repeats in each sampler and diffusers in each scheduler: the
+grid, the prior draw, the model-call count, the final step onto zero noise, the
+trajectory, callbacks and the progress bar. A solver contributes only its step rule.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import torch
+from torch import Tensor
+
+from ._utils import SingularConversionError, compute_dtype
+from .model import Model
+from .parametrization import _check_det, _Coefs
+from .schedules import make_grid
+from .solvers.base import Dynamics, Grid, Noise, get_solver
+
+__all__ = ["sample", "SampleInfo"]
+
+
+@dataclass
+class SampleInfo:
+    """What a run did. ``nfe`` counts real model evaluations."""
+
+    nfe: int
+    times: Tensor
+    solver: str
+    trajectory: list = field(default_factory=list)
+
+
+def sample(
+    model: Model,
+    solver="DPMSolverPP",
+    steps: int | None = None,
+    schedule=None,
+    *,
+    shape=None,
+    noise: Tensor | None = None,
+    generator=None,
+    t_start=None,
+    t_end=None,
+    denoise_final: bool = False,
+    return_trajectory: bool = False,
+    callback=None,
+    progress: bool = False,
+    grad: bool = False,
+    dtype: torch.dtype | None = None,
+    device=None,
+):
+    r"""Draw samples by integrating from noise (t_start) to data (t_end).
+
+    Args:
+        model: a :class:`~unigen.model.Model`.
+        solver: a Solver instance, class or registered name (``ug.solvers.REGISTRY``).
+        steps: number of solver steps (grid of ``steps + 1`` times).
+        schedule: ``"uniform" | "logsnr" | "karras" | "quadratic" | "leading" | "trailing" |
+            "linspace"`` or a strictly decreasing tensor of times (used exactly, first to
+            last). Default: ``process.default_schedule`` ("logsnr" for diffusion, "karras"
+            for EDM, "uniform" for flow matching / cosine).
+        shape / noise: draw z ~ N(0, sigma(t_start)^2 I) of ``shape``, or start from ``noise``.
+        generator: a torch.Generator or a list of one per batch item (item i then depends
+            only on generator i, for the prior and every stochastic step).
+        t_start, t_end: override the process's default range (``schedules.sample_range``).
+        denoise_final: evaluate the model once more at the last time and return x0_hat.
+        return_trajectory: keep z after every step in ``info.trajectory``.
+        callback: ``callback(i, t, z)`` after every step.
+        progress: show a tqdm bar (optional extra ``progress``).
+        grad: keep the autograd graph (differentiate through the sampler).
+
+    Returns:
+        (x, info) with ``info.nfe`` the number of model evaluations.
+
+    A grid that ends at zero noise (sigma = 0, e.g. EDM's final sigma = 0 or the clean point of
+    a DDPM table) lands on x0_hat in its last step without an extra call. Half-precision
+    inputs are integrated in float32 (the network still sees its own dtype) and returned in
+    the input dtype.
+    """
+    if not isinstance(model, Model):
+        raise TypeError(f"model must be a unigen Model, got {type(model).__name__}")
+    solver = get_solver(solver)
+    process = model.process
+    if schedule is None:
+        schedule = getattr(process, "default_schedule", "logsnr")
+    ts = make_grid(process, schedule, steps, t_start, t_end)
+
+    if noise is not None:
+        if not isinstance(noise, Tensor) or not noise.is_floating_point():
+            raise TypeError("noise must be a floating tensor z_T")
+        if shape is not None and tuple(shape) != tuple(noise.shape):
+            raise ValueError(f"shape {tuple(shape)} disagrees with noise of shape {tuple(noise.shape)}")
+        if device is not None and torch.device(device) != noise.device:
+            raise ValueError(f"device {device} disagrees with noise on {noise.device}")
+        z = noise
+    else:
+        if shape is None:
+            raise ValueError("pass shape=(batch, ...) or noise=z_T")
+        z = process.prior_sample(shape, generator=generator, dtype=dtype or torch.get_default_dtype(), device=device)
+        if float(ts[0]) != process.t_max:  # the prior's std at the grid's start
+            z = z * (float(process.sigma(ts[:1])) / process.prior_std())
+    if isinstance(generator, (list, tuple)) and len(generator) != z.shape[0]:
+        raise ValueError(f"a list of generators needs one per batch item: got {len(generator)} for batch {z.shape[0]}")
+
+    data_dtype = z.dtype
+    work = compute_dtype(data_dtype)
+    grid = Grid(process, ts, work, z.device)
+    dyn = Dynamics(model, data_dtype)
+    solver.check(dyn, grid)
+    _check_start(model, grid)
+    noise_fn = Noise(generator)
+    z = z.to(work)
+    trajectory = [z] if return_trajectory else []
+
+    bar = _progress(grid.n, progress, type(solver).__name__)
+    with torch.set_grad_enabled(grad):
+        state = solver.init(dyn, z, grid)
+        for i in range(grid.n):
+            if grid.ends_at_zero and i == grid.n - 1:
+                z, state = solver.final_step(dyn, z, i, grid, state, noise_fn)
+            else:
+                z, state = solver.step(dyn, z, i, grid, state, noise_fn)
+            if return_trajectory:
+                trajectory.append(z)
+            if callback is not None:
+                callback(i, grid.t[i + 1], z)
+            if bar is not None:
+                bar.update(1)
+        if denoise_final:
+            z = dyn.predict(z, grid.t[-1]).x0
+    if bar is not None:
+        bar.close()
+    info = SampleInfo(nfe=dyn.nfe, times=grid.ts, solver=repr(solver), trajectory=trajectory)
+    return z.to(data_dtype), info
+
+
+def _check_start(model: Model, grid: Grid) -> None:
+    """The model's output must determine (x0, eps) at the first time (e.g. not eps at alpha = 0)."""
+    t0 = grid.ts[:1].to(torch.float64).cpu()
+    c = _Coefs(model.process, t0, t0)
+    name = model.parametrization if model.parametrization != "denoiser" else "x0"
+    a, b = c.ab(name)
+    try:
+        _check_det(c.alpha * b - c.sigma * a, c.alpha, c.sigma, a, b, name, "x0/eps", t0)
+    except SingularConversionError as e:
+        raise SingularConversionError(
+            f"the grid starts at t={grid.times[0]:g}, where {e} Pass t_start below it or use .to(parametrization=...)."
+        ) from None
+
+
+def _progress(n, enabled, desc):
+    if not enabled:
+        return None
+    try:
+        from tqdm.auto import tqdm
+    except ImportError as e:  # pragma: no cover - optional extra
+        raise ImportError("progress=True needs tqdm: pip install 'unigen[progress]'") from e
+    return tqdm(total=n, desc=desc)

@@ -1,0 +1,184 @@
+r"""The solver interface: a dynamics view of the model, a precomputed grid, a step rule.
+
+Solvers never see the network (diffrax's "terms"). They ask a :class:`Dynamics` for
+exactly what their algorithm needs and declare it in ``requires``:
+
+* ``"x0_eps"``  the semi-linear view (x0_hat, eps_hat) of exponential integrators;
+* ``"ode"``     the probability-flow ODE  dz/dt = alpha' x0_hat + sigma' eps_hat;
+* ``"sde"``     the reverse-SDE family drift  f z - (1 + eta^2)/2 g^2 score  and  eta g;
+* ``"score"``   grad log p_t;
+* ``"energy"``  an energy E(z, t) with score = -grad E (energy-based models only).
+
+A :class:`Grid` holds the times and every schedule coefficient as Python floats, computed
+once before the loop, so a step does only tensor arithmetic on z: no ``.item()``, no
+Python branching on tensor values (CUDA graphs and torch.compile stay possible).
+Subclasses of :class:`Solver` register themselves by class name.
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+from torch import Tensor
+
+from .._utils import IncompatibleSolverError, expand_like
+from ..noise import randn_like
+
+__all__ = ["Dynamics", "Grid", "Solver", "Noise", "REGISTRY", "get_solver"]
+
+REGISTRY: dict[str, type] = {}
+
+
+class Dynamics:
+    """What a solver may ask of a model. Counts every model evaluation in ``nfe``."""
+
+    def __init__(self, model, data_dtype: torch.dtype):
+        self.model = model
+        self.process = model.process
+        self.data_dtype = data_dtype
+        self.nfe = 0
+        caps = {"x0_eps", "ode", "sde", "score"}
+        if callable(getattr(model, "energy", None)):
+            caps.add("energy")
+        self.capabilities = frozenset(caps)
+
+    def predict(self, z: Tensor, t: Tensor):
+        """One model call at (z, t); the network sees z in the data dtype."""
+        self.nfe += 1
+        if z.dtype != self.data_dtype:
+            pred = self.model.predict(z.to(self.data_dtype), t)
+            pred.out, pred.z = pred.out.to(z.dtype), z
+            return pred
+        return self.model.predict(z, t)
+
+    def velocity(self, z: Tensor, t: Tensor) -> Tensor:
+        """The probability-flow ODE drift dz/dt in the process's own time."""
+        return self.predict(z, t).velocity
+
+    def energy(self, z: Tensor, t: Tensor) -> Tensor:
+        self.nfe += 1
+        return self.model.energy(z, t)
+
+
+class Grid:
+    """Times ``t[0] > ... > t[n]`` and their schedule coefficients, precomputed once.
+
+    ``alpha, sigma, d_alpha, d_sigma, lam`` are lists of Python floats (float64);
+    ``lam`` is the full log-SNR log(alpha^2/sigma^2). ``lam_dpm = lam / 2`` is
+    DPM-Solver's / UniPC's lambda = log(alpha/sigma): the ONE place the two meet.
+    ``t`` holds 0-dim tensors in the compute dtype, for model calls.
+    """
+
+    def __init__(self, process, ts: Tensor, dtype: torch.dtype, device):
+        ts64 = ts.detach().to(torch.float64).cpu()
+        self.process = process
+        self.n = ts64.numel() - 1
+        self.ts = ts64.to(dtype=dtype, device=device)
+        self.t = list(self.ts.unbind(0))
+        self.times = ts64.tolist()
+        self.alpha = process.alpha(ts64).tolist()
+        self.sigma = process.sigma(ts64).tolist()
+        with torch.no_grad():
+            self.lam = process.log_snr(ts64).tolist()
+        self.lam_dpm = [0.5 * v for v in self.lam]
+        self.ends_at_zero = self.sigma[-1] == 0.0
+
+    def h(self, i: int, j: int | None = None) -> float:
+        """Step in DPM-Solver's lambda from t_i to t_j (default j = i + 1); positive towards data."""
+        j = i + 1 if j is None else j
+        return self.lam_dpm[j] - self.lam_dpm[i]
+
+    def d_coefs(self, times: list[float]) -> tuple[list[float], list[float]]:
+        tt = torch.tensor(times, dtype=torch.float64)
+        return self.process.d_alpha(tt).tolist(), self.process.d_sigma(tt).tolist()
+
+
+class Noise:
+    """Standard normal draws for stochastic steps, from one generator or one per batch item."""
+
+    def __init__(self, generator=None):
+        self.generator = generator
+
+    def __call__(self, like: Tensor) -> Tensor:
+        return randn_like(like, self.generator)
+
+
+class Solver:
+    """Base class of every step rule.
+
+    Attributes:
+        order: convergence order on the probability-flow ODE (None for MCMC correctors).
+        stochastic: whether steps draw noise.
+        requires: views of the model the solver needs (see module docstring).
+        nfe_per_step: model calls per ordinary step (NOT the order; diffusers conflates them).
+        syncs_host: True only for wrappers of adaptive integrators (torchdiffeq/torchsde).
+    """
+
+    order: int | None = None
+    stochastic: bool = False
+    requires: frozenset = frozenset({"ode"})
+    nfe_per_step: int = 1
+    syncs_host: bool = False
+
+    def __init_subclass__(cls, register: bool = True, **kwargs):
+        super().__init_subclass__(**kwargs)
+        if register and not cls.__name__.startswith("_"):
+            REGISTRY[cls.__name__] = cls
+
+    # -- the interface -------------------------------------------------------------------
+    def init(self, dyn: Dynamics, z: Tensor, grid: Grid):
+        """Per-run state (multistep history, precomputed coefficients). Runs before the loop."""
+        return None
+
+    def step(self, dyn: Dynamics, z: Tensor, i: int, grid: Grid, state, noise: Noise):
+        """Advance z from grid.t[i] to grid.t[i+1]; returns (z, state)."""
+        raise NotImplementedError
+
+    def final_step(self, dyn: Dynamics, z: Tensor, i: int, grid: Grid, state, noise: Noise):
+        """The step onto zero noise (sigma = 0): z lands on x0_hat (first order, no extra call).
+
+        This is DDIM / DPM-Solver-1 / Euler-in-sigma at sigma_next = 0; for a stochastic
+        sampler the posterior q(z_0 | z_t, x0_hat) is a point mass at x0_hat too.
+        """
+        return dyn.predict(z, grid.t[i]).x0, state
+
+    def expected_nfe(self, n_steps: int, ends_at_zero: bool) -> int:
+        """Model calls for a run of ``n_steps`` (the last step onto sigma = 0 costs one call)."""
+        return self.nfe_per_step * (n_steps - 1) + (1 if ends_at_zero else self.nfe_per_step)
+
+    def check(self, dyn: Dynamics, grid: Grid) -> None:
+        """Raise before the first step if this solver cannot run on (model, grid)."""
+        missing = self.requires - dyn.capabilities
+        if missing:
+            raise IncompatibleSolverError(
+                f"{type(self).__name__} requires {', '.join(sorted(missing))}; this model "
+                f"({type(dyn.model).__name__}) provides {', '.join(sorted(dyn.capabilities))}"
+            )
+
+    def __repr__(self):
+        fields = {k: v for k, v in vars(self).items() if not k.startswith("_")}
+        return f"{type(self).__name__}({', '.join(f'{k}={v!r}' for k, v in fields.items())})"
+
+
+def get_solver(name_or_solver) -> Solver:
+    """A solver instance from an instance, a class or a registered name."""
+    if isinstance(name_or_solver, Solver):
+        return name_or_solver
+    if isinstance(name_or_solver, type) and issubclass(name_or_solver, Solver):
+        return name_or_solver()
+    if isinstance(name_or_solver, str) and name_or_solver in REGISTRY:
+        return REGISTRY[name_or_solver]()
+    raise ValueError(
+        f"unknown solver {name_or_solver!r}; valid names are {', '.join(sorted(REGISTRY))} (or a Solver instance)"
+    )
+
+
+def bcast(c, z: Tensor):
+    """A float or a per-sample tensor, broadcast against z."""
+    return expand_like(c, z) if isinstance(c, Tensor) else c
+
+
+def expm1_ratio(h: float) -> float:
+    """(e^h - 1)/h, accurate for small h (phi_1 of exponential integrators)."""
+    return math.expm1(h) / h if h != 0 else 1.0

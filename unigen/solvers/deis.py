@@ -1,0 +1,79 @@
+r"""DEIS (Zhang & Chen 2023), the log-rho multistep variant.
+
+In VE variables y = z/alpha and rho = sigma/alpha = e^{-lambda} the PF-ODE is dy/drho = eps_hat
+(exact, no linear part). DEIS fits the Lagrange polynomial P of eps_hat in l = log rho through
+the last k evaluated points and integrates it exactly:
+
+    y_t = y_s + sum_j c_j eps_j,    c_j = int_{rho_s}^{rho_t} L_j(log rho) d rho = int L_j(l) e^l dl
+
+The weights are integrals of a polynomial times e^l and are computed once per run by
+32-point Gauss-Legendre quadrature (exact to float64 rounding for these smooth integrands).
+Order 1 is DDIM. Orders 2-3 run at reduced order during warm-up, and for fewer than 15
+steps on the last steps (as DPM-Solver does).
+"""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+
+from .base import Solver
+
+__all__ = ["DEIS"]
+
+_NODES, _WEIGHTS = np.polynomial.legendre.leggauss(32)
+
+
+def _lagrange_weights(nodes: list[float], l_s: float, l_t: float) -> list[float]:
+    """c_j = int_{l_s}^{l_t} L_j(l) e^l dl for the Lagrange basis on ``nodes``."""
+    half, mid = 0.5 * (l_t - l_s), 0.5 * (l_t + l_s)
+    ls = mid + half * _NODES
+    w = half * _WEIGHTS * np.exp(ls)
+    out = []
+    for j, lj in enumerate(nodes):
+        basis = np.ones_like(ls)
+        for m, lm in enumerate(nodes):
+            if m != j:
+                basis *= (ls - lm) / (lj - lm)
+        out.append(float((w * basis).sum()))
+    return out
+
+
+class DEIS(Solver):
+    """Diffusion exponential integrator sampler, log-rho Adams-Bashforth form, order 1-3."""
+
+    requires = frozenset({"x0_eps"})
+
+    def __init__(self, order: int = 2, lower_order_final: bool = True):
+        if order not in (1, 2, 3):
+            raise ValueError(f"order must be 1, 2 or 3, got {order!r}")
+        self.order = order
+        self.lower_order_final = bool(lower_order_final)
+
+    def init(self, dyn, z, grid):
+        if grid.alpha[0] == 0.0:
+            raise ValueError("DEIS works in y = z/alpha, and alpha is 0 at the grid start; pass a smaller t_start")
+        logrho = [-v for v in grid.lam_dpm]
+        plans = []
+        for i in range(grid.n):
+            k = min(self.order, i + 1)
+            if self.lower_order_final and grid.n < 15:
+                k = min(k, grid.n - i)
+            nodes = [logrho[i - m] for m in range(k)]
+            if k == 1 or math.isinf(logrho[i + 1]):
+                c = [math.exp(logrho[i + 1]) - math.exp(logrho[i])]
+            else:
+                c = _lagrange_weights(nodes, logrho[i], logrho[i + 1])
+            plans.append((1.0 / grid.alpha[i], grid.alpha[i + 1], c))
+        return {"plans": plans, "hist": []}
+
+    def step(self, dyn, z, i, grid, state, noise):
+        inv_a, a_next, c = state["plans"][i]
+        hist = state["hist"]
+        hist.append(dyn.predict(z, grid.t[i]).eps)
+        del hist[:-3]
+        y = z * inv_a
+        for j, cj in enumerate(c):
+            y = y + cj * hist[-1 - j]
+        return a_next * y, state

@@ -1,0 +1,145 @@
+r"""DPM-Solver (Lu et al. 2022a, noise prediction) and DPM-Solver++ (Lu et al. 2022b, data
+prediction), orders 1-3, singlestep and multistep: one body for all twelve variants.
+
+In DPM-Solver's lambda = log(alpha/sigma), with h = lambda_t - lambda_s, hh = -h (data) or
++h (noise), A = sigma_t/sigma_s (data) or alpha_t/alpha_s (noise), B = alpha_t or sigma_t and
+m the expanded model quantity (x0_hat or eps_hat):
+
+    order 1:   z_t = A z_s - B psi_1(hh) m_s                                   (= DDIM)
+    2M:        z_t = A z_s - B psi_1(hh) [m_0 + (m_0 - m_-1)/(2 r)],   r = h_-1/h
+    3M:        z_t = A z_s - B [psi_1 m_0 + psi_2 D1 + psi_3 D2]
+               D1_0 = (m_0-m_-1)/r0, D1_1 = (m_-1-m_-2)/r1,
+               D1 = D1_0 + r0/(r0+r1) (D1_0-D1_1), D2 = (D1_0-D1_1)/(r0+r1)
+    2S (r1 = 1/2):  u = A_1 z_s - B_1 psi_1(r1 hh) m_s;
+               z_t = A z_s - B psi_1(hh) m_s - B/(2 r1) psi_1(hh) (m(u) - m_s)
+    3S (r1 = 1/3, r2 = 2/3):  u1 as above; u2 = A_2 z_s - B_2 psi_1(r2 hh) m_s - B_2 (r2/r1) psi_2(r2 hh) D1;
+               z_t = A z_s - B psi_1(hh) m_s - (B/r2) psi_2(hh) D2,  D_k = m(u_k) - m_s
+
+with psi_1(x) = e^x - 1, psi_2(x) = psi_1/x - 1, psi_3 = psi_2/x - 1/2 (``_expint``). These are
+the "dpmsolver" (midpoint) variants of the reference implementation; the math sheet's 2M
+formula is the first line. Multistep runs at reduced order during warm-up, and for fewer
+than 15 steps the last steps drop to order 1 (and 2) as in the reference implementation
+(``lower_order_final``), which keeps small-step-count sampling stable.
+"""
+
+from __future__ import annotations
+
+import torch
+
+from ._expint import Form, psi
+from .base import Solver
+
+__all__ = ["DPMSolver", "DPMSolverPP"]
+
+
+class _DPMSolverBase(Solver, register=False):
+    prediction = "noise"
+    requires = frozenset({"x0_eps"})
+
+    def __init__(self, order: int = 2, multistep: bool = True, lower_order_final: bool = True):
+        if order not in (1, 2, 3):
+            raise ValueError(f"order must be 1, 2 or 3, got {order!r}")
+        self.order = order
+        self.multistep = bool(multistep)
+        self.lower_order_final = bool(lower_order_final)
+        self._form = Form(self.prediction)
+
+    @property
+    def nfe_per_step(self):  # type: ignore[override]
+        return 1 if self.multistep else self.order
+
+    def expected_nfe(self, n_steps, ends_at_zero):
+        if self.multistep or n_steps == 0:
+            return n_steps
+        return sum(self._order_at(i, n_steps) for i in range(n_steps - (1 if ends_at_zero else 0))) + (
+            1 if ends_at_zero else 0
+        )
+
+    def _order_at(self, i: int, n: int) -> int:
+        k = min(self.order, i + 1) if self.multistep else self.order
+        if self.lower_order_final and n < 15:
+            k = min(k, n - i)
+        return k
+
+    # -- precomputation --------------------------------------------------------------------
+    def init(self, dyn, z, grid):
+        if not self._form.data and grid.alpha[0] == 0.0:
+            raise ValueError(
+                f"{type(self).__name__} (noise form) divides by alpha, which is 0 at t={grid.times[0]:g}; "
+                "use DPMSolverPP (data form) or a smaller t_start"
+            )
+        state = {"hist": [], "inter": {}}
+        if not self.multistep:
+            p = grid.process
+            for i in range(grid.n):
+                k = self._order_at(i, grid.n)
+                rs = {2: (0.5,), 3: (1 / 3, 2 / 3)}.get(k, ())
+                pts = []
+                for r in rs:
+                    lam = grid.lam_dpm[i] + r * grid.h(i)
+                    t = p.t_from_log_snr(torch.tensor(2.0 * lam, dtype=torch.float64))
+                    pts.append((r, t.to(grid.ts), float(p.alpha(t)), float(p.sigma(t))))
+                state["inter"][i] = pts
+        return state
+
+    def _ab(self, grid, i, a_t, s_t, h):
+        return self._form.coefs(grid.alpha[i], grid.sigma[i], a_t, s_t, h)
+
+    # -- steps -------------------------------------------------------------------------------
+    def step(self, dyn, z, i, grid, state, noise):
+        m0 = self._form.target(dyn.predict(z, grid.t[i]))
+        k = self._order_at(i, grid.n)
+        if self.multistep:
+            hist = state["hist"]
+            hist.append((i, m0))
+            del hist[:-3]
+            return self._multistep(z, i, grid, hist, k), state
+        return self._singlestep(dyn, z, i, grid, m0, state["inter"][i], k), state
+
+    def _multistep(self, z, i, grid, hist, k):
+        h = grid.h(i)
+        A, B, hh = self._ab(grid, i, grid.alpha[i + 1], grid.sigma[i + 1], h)
+        m0 = hist[-1][1]
+        if k == 1:
+            return A * z - (B * psi(1, hh)) * m0
+        r0 = grid.h(i - 1, i) / h
+        m1 = hist[-2][1]
+        if k == 2:
+            return A * z - (B * psi(1, hh)) * (m0 + (0.5 / r0) * (m0 - m1))
+        r1 = grid.h(i - 2, i - 1) / h
+        m2 = hist[-3][1]
+        d1_0 = (m0 - m1) / r0
+        d1_1 = (m1 - m2) / r1
+        d1 = d1_0 + (r0 / (r0 + r1)) * (d1_0 - d1_1)
+        d2 = (d1_0 - d1_1) / (r0 + r1)
+        return A * z - B * (psi(1, hh) * m0 + psi(2, hh) * d1 + psi(3, hh) * d2)
+
+    def _singlestep(self, dyn, z, i, grid, m0, inter, k):
+        h = grid.h(i)
+        A, B, hh = self._ab(grid, i, grid.alpha[i + 1], grid.sigma[i + 1], h)
+        base = A * z - (B * psi(1, hh)) * m0
+        if k == 1:
+            return base
+        r1, t1, a1, s1 = inter[0]
+        A1, B1, _ = self._ab(grid, i, a1, s1, r1 * h)
+        u1 = A1 * z - (B1 * psi(1, r1 * hh)) * m0
+        d1 = self._form.target(dyn.predict(u1, t1)) - m0
+        if k == 2:
+            return base - (B * psi(1, hh) / (2 * r1)) * d1
+        r2, t2, a2, s2 = inter[1]
+        A2, B2, _ = self._ab(grid, i, a2, s2, r2 * h)
+        u2 = A2 * z - (B2 * psi(1, r2 * hh)) * m0 - (B2 * (r2 / r1) * psi(2, r2 * hh)) * d1
+        d2 = self._form.target(dyn.predict(u2, t2)) - m0
+        return base - (B * psi(2, hh) / r2) * d2
+
+
+class DPMSolver(_DPMSolverBase):
+    """DPM-Solver: exponential integrator of the noise-prediction form (Lu et al. 2022a)."""
+
+    prediction = "noise"
+
+
+class DPMSolverPP(_DPMSolverBase):
+    """DPM-Solver++: exponential integrator of the data-prediction form (Lu et al. 2022b)."""
+
+    prediction = "data"
