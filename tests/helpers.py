@@ -55,3 +55,42 @@ def mixture(dim=2, k=3, seed=0, diagonal=False):
     stds = 0.2 + torch.rand((k, dim) if diagonal else (k,), generator=g)
     weights = 0.5 + torch.rand(k, generator=g)
     return ug.GaussianMixture(means, stds, weights)
+
+
+# ---- solvers --------------------------------------------------------------------------
+def _variants():
+    """Explicit variants of the deterministic families; every other registered class is built
+    with its default constructor (or ``example()`` if it defines one)."""
+    return {
+        "Euler": [ug.Euler(), ug.Euler(clock="sigma")],
+        "Heun": [ug.Heun(), ug.Heun(clock="sigma")],
+        "Midpoint": [ug.Midpoint()],
+        "RK4": [ug.RK4(), ug.RK4(clock="sigma")],
+        "DDIM": [ug.DDIM(), ug.DDIM(eta=1.0)],
+        "DPMSolver": [ug.DPMSolver(k, multistep=m) for k in (1, 2, 3) for m in (True, False)],
+        "DPMSolverPP": [ug.DPMSolverPP(k, multistep=m) for k in (1, 2, 3) for m in (True, False)],
+        "UniPC": [ug.UniPC(k, variant=v) for k in (1, 2, 3) for v in ("bh1", "bh2")]
+        + [ug.UniPC(k, corrector=False) for k in (2, 3)],
+        "DEIS": [ug.DEIS(k) for k in (1, 2, 3)],
+    }
+
+
+def solver_instances():
+    out = []
+    variants = _variants()
+    for name, cls in sorted(ug.solvers.REGISTRY.items()):
+        if name in variants:
+            out += variants[name]
+        elif hasattr(cls, "example"):
+            out.append(cls.example())
+        else:
+            out.append(cls())
+    return out
+
+
+def solver_id(s):
+    return repr(s).replace(" ", "")
+
+
+SOLVERS = solver_instances()
+DETERMINISTIC = [s for s in SOLVERS if not s.stochastic and s.order is not None]

@@ -56,7 +56,6 @@ class Process:
 
     t_min: float = 0.0
     t_max: float = 1.0
-    default_schedule: str = "logsnr"
 
     # -- the four primitives -------------------------------------------------------
     def alpha(self, t: Tensor) -> Tensor:
@@ -247,7 +246,11 @@ class VPCosine(VP):
 
     alpha(t) = cos(phi_t)/cos(phi_0), phi_t = (t + s)/(1 + s) * pi/2. Continuous-time alpha
     reaches 0 at t = 1 (zero terminal SNR); their discrete table clips beta at 0.999 instead.
+    Sampling starts by default at t = 0.9946 (DPM-Solver's choice for this schedule, where
+    log(alpha/sigma) is about -5), so log-SNR grids stay finite.
     """
+
+    sample_start = 0.9946
 
     def __init__(self, s: float = 0.008):
         if not (isinstance(s, (int, float)) and 0 <= s < 1):
@@ -262,11 +265,15 @@ class VPCosine(VP):
     def _phi(self, t):
         return (t + self.s) * self._dphi
 
+    def _cos_phi(self, t):
+        # cos(phi_t) = sin(pi/2 - phi_t) = sin((1 - t) dphi): exactly 0 at t = 1, accurate near it
+        return torch.sin((1.0 - t) * self._dphi)
+
     def _log_alpha(self, t):
-        return torch.log(torch.cos(self._phi(t))) - math.log(math.cos(self._phi0))
+        return torch.log(self._cos_phi(t)) - math.log(math.cos(self._phi0))
 
     def alpha(self, t):
-        return torch.cos(self._phi(t)) / math.cos(self._phi0)
+        return self._cos_phi(t) / math.cos(self._phi0)
 
     def sigma(self, t):
         # 1 - cos^2(phi)/cos^2(phi0) = sin(phi - phi0) sin(phi + phi0) / cos^2(phi0), no cancellation
@@ -275,7 +282,7 @@ class VPCosine(VP):
 
     def log_snr(self, t):
         phi = self._phi(t)
-        return 2.0 * torch.log(torch.cos(phi)) - torch.log(torch.sin(phi - self._phi0) * torch.sin(phi + self._phi0))
+        return 2.0 * torch.log(self._cos_phi(t)) - torch.log(torch.sin(phi - self._phi0) * torch.sin(phi + self._phi0))
 
     def d_alpha(self, t):
         return -torch.sin(self._phi(t)) * self._dphi / math.cos(self._phi0)
@@ -566,7 +573,7 @@ class Cosine(Process):
     sample_end = 0.0
 
     def alpha(self, t):
-        return torch.cos(0.5 * math.pi * t)
+        return torch.sin(0.5 * math.pi * (1.0 - t))  # = cos(pi t/2), exactly 0 at t = 1
 
     def sigma(self, t):
         return torch.sin(0.5 * math.pi * t)
@@ -578,7 +585,7 @@ class Cosine(Process):
         return 0.5 * math.pi * torch.cos(0.5 * math.pi * t)
 
     def log_snr(self, t):
-        return -2.0 * torch.log(torch.tan(0.5 * math.pi * t))
+        return 2.0 * (torch.log(self.alpha(t)) - torch.log(self.sigma(t)))
 
     def t_from_log_snr(self, lam):
         return torch.atan(torch.exp(-0.5 * as_time(lam))) * (2.0 / math.pi)

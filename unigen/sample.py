@@ -15,7 +15,7 @@ from torch import Tensor
 from ._utils import SingularConversionError, compute_dtype
 from .model import Model
 from .parametrization import _check_det, _Coefs
-from .schedules import make_grid
+from .schedules import default_schedule, make_grid
 from .solvers.base import Dynamics, Grid, Noise, get_solver
 
 __all__ = ["sample", "SampleInfo"]
@@ -83,7 +83,7 @@ def sample(
     solver = get_solver(solver)
     process = model.process
     if schedule is None:
-        schedule = getattr(process, "default_schedule", "logsnr")
+        schedule = default_schedule(process)
     ts = make_grid(process, schedule, steps, t_start, t_end)
 
     if noise is not None:
@@ -139,7 +139,14 @@ def _check_start(model: Model, grid: Grid) -> None:
     """The model's output must determine (x0, eps) at the first time (e.g. not eps at alpha = 0)."""
     t0 = grid.ts[:1].to(torch.float64).cpu()
     c = _Coefs(model.process, t0, t0)
-    name = model.parametrization if model.parametrization != "denoiser" else "x0"
+    name = model.parametrization
+    if name == "denoiser":
+        if float(c.alpha) == 0.0:
+            raise SingularConversionError(
+                f"the grid starts at t={grid.times[0]:g}, where alpha = 0: the denoiser D(z/alpha; sigma/alpha) "
+                "is undefined there. Pass t_start below it or use .to(parametrization=...)."
+            )
+        return
     a, b = c.ab(name)
     try:
         _check_det(c.alpha * b - c.sigma * a, c.alpha, c.sigma, a, b, name, "x0/eps", t0)

@@ -30,10 +30,20 @@ import math
 import torch
 from torch import Tensor
 
-__all__ = ["SCHEDULES", "make_grid", "check_grid", "sample_range"]
+__all__ = ["SCHEDULES", "make_grid", "check_grid", "sample_range", "default_schedule"]
 
 SCHEDULES = ("uniform", "logsnr", "karras", "quadratic", "leading", "trailing", "linspace")
 _DISCRETE = ("leading", "trailing", "linspace")
+
+
+def default_schedule(process) -> str:
+    """The family's customary grid: the process's ``default_schedule`` if it names one,
+    else "logsnr", or "uniform" where the log-SNR at the start is infinite (alpha = 0)."""
+    name = getattr(process, "default_schedule", None)
+    if name is not None:
+        return name
+    start = torch.tensor(sample_range(process)[0], dtype=torch.float64)
+    return "logsnr" if math.isfinite(float(process.log_snr(start))) else "uniform"
 
 
 def sample_range(process) -> tuple[float, float]:
@@ -104,7 +114,9 @@ def make_grid(process, schedule="logsnr", steps: int | None = None, t_start=None
         return check_grid(torch.linspace(start, end, steps + 1, dtype=torch.float64), process)
     if schedule == "quadratic":
         u = torch.linspace(math.sqrt(start - end), 0.0, steps + 1, dtype=torch.float64)
-        return check_grid(end + u * u, process)
+        ts = end + u * u
+        ts[0] = start
+        return check_grid(ts, process)
 
     # spacings in the log-SNR or the VE level; an end at zero noise is appended (EDM rule)
     lam_start = float(process.log_snr(f64(start)))

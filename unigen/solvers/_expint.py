@@ -34,7 +34,12 @@ def phi(k: int, x: float) -> float:
 
 
 def psi(k: int, x: float) -> float:
-    """psi_k(x) = x phi_k(x): psi_1 = e^x - 1, psi_2 = (e^x-1)/x - 1, psi_3 = psi_2/x - 1/2."""
+    """psi_k(x) = x phi_k(x): psi_1 = e^x - 1, psi_2 = (e^x-1)/x - 1, psi_3 = psi_2/x - 1/2.
+
+    At x = -inf (a data-form step out of zero SNR, lambda_s = -inf) psi_k = -1/(k-1)!.
+    """
+    if x == -math.inf:
+        return -1.0 / math.factorial(k - 1)
     return x * phi(k, x)
 
 

@@ -23,6 +23,7 @@ class Adaptive(Solver):
     order = None
     requires = frozenset({"ode"})
     syncs_host = True
+    batch_coupled = True  # one step-size controller for the whole batch
 
     def __init__(self, method: str = "dopri5", rtol: float = 1e-5, atol: float = 1e-5, options: dict | None = None):
         from torchdiffeq._impl.odeint import SOLVERS

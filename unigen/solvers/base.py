@@ -113,6 +113,8 @@ class Solver:
         requires: views of the model the solver needs (see module docstring).
         nfe_per_step: model calls per ordinary step (NOT the order; diffusers conflates them).
         syncs_host: True only for wrappers of adaptive integrators (torchdiffeq/torchsde).
+        batch_coupled: True if one batch item's result depends on the others (adaptive step
+            control on a batch norm, a batch-mean step size); False for every fixed-step rule.
     """
 
     order: int | None = None
@@ -120,6 +122,7 @@ class Solver:
     requires: frozenset = frozenset({"ode"})
     nfe_per_step: int = 1
     syncs_host: bool = False
+    batch_coupled: bool = False
 
     def __init_subclass__(cls, register: bool = True, **kwargs):
         super().__init_subclass__(**kwargs)

@@ -112,7 +112,7 @@ class _DPMSolverBase(Solver, register=False):
         d1_1 = (m1 - m2) / r1
         d1 = d1_0 + (r0 / (r0 + r1)) * (d1_0 - d1_1)
         d2 = (d1_0 - d1_1) / (r0 + r1)
-        return A * z - B * (psi(1, hh) * m0 + psi(2, hh) * d1 + psi(3, hh) * d2)
+        return A * z - B * (psi(1, hh) * m0 + psi(2, hh) * d1 + 2.0 * psi(3, hh) * d2)
 
     def _singlestep(self, dyn, z, i, grid, m0, inter, k):
         h = grid.h(i)

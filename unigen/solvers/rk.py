@@ -72,7 +72,8 @@ class _RungeKutta(Solver, register=False):
                 if self.clock == "t":
                     t_val = torch.tensor(tk, dtype=torch.float64)
                 else:
-                    t_val = p.t_from_log_snr(torch.tensor(-2.0 * math.log(tk), dtype=torch.float64))
+                    lam = -2.0 * math.log(tk) if tk > 0 else math.inf  # sigma/alpha = 0: clean data
+                    t_val = p.t_from_log_snr(torch.tensor(lam, dtype=torch.float64))
                 ts_k.append(t_val.to(grid.ts))
                 scale_k.append(float(p.alpha(t_val)))
             stages.append((h, ts_k, scale_k))

@@ -78,6 +78,8 @@ class UniPC(Solver):
         plans = []
         for i in range(grid.n):
             k = self._order_at(i, grid.n)
+            while k > 1 and math.isinf(grid.lam_dpm[i - k + 1]):
+                k -= 1  # no divided differences through a zero-SNR point (lambda = -inf)
             h = grid.h(i)
             A, B, hh = self._form.coefs(grid.alpha[i], grid.sigma[i], grid.alpha[i + 1], grid.sigma[i + 1], h)
             rks = [(grid.lam_dpm[i - m] - grid.lam_dpm[i]) / h for m in range(1, k)] + [1.0]
