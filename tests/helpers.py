@@ -67,8 +67,10 @@ def _variants():
         "Midpoint": [ug.Midpoint()],
         "RK4": [ug.RK4(), ug.RK4(clock="sigma")],
         "DDIM": [ug.DDIM(), ug.DDIM(eta=1.0)],
-        "DPMSolver": [ug.DPMSolver(k, multistep=m) for k in (1, 2, 3) for m in (True, False)],
-        "DPMSolverPP": [ug.DPMSolverPP(k, multistep=m) for k in (1, 2, 3) for m in (True, False)],
+        "DPMSolver": [ug.DPMSolver(k, multistep=m) for k in (1, 2, 3) for m in (True, False)]
+        + [ug.DPMSolver(3, match_reference_3m=True), ug.DPMSolver(2, solver_type="taylor")],
+        "DPMSolverPP": [ug.DPMSolverPP(k, multistep=m) for k in (1, 2, 3) for m in (True, False)]
+        + [ug.DPMSolverPP(3, match_reference_3m=True)],  # the published 3M coefficient: order 2
         "UniPC": [ug.UniPC(k, variant=v) for k in (1, 2, 3) for v in ("bh1", "bh2")]
         + [ug.UniPC(k, corrector=False) for k in (2, 3)],
         "DEIS": [ug.DEIS(k) for k in (1, 2, 3)],

@@ -136,3 +136,21 @@ def test_multistep_warmup_and_math_sheet_order_table(order):
         assert info.nfe == n
         errs.append(float((x - exact).abs().max()))
     assert math.log2(errs[0] / errs[1]) > order - 0.6
+
+
+@pytest.mark.parametrize("name", ["vp_linear", "ve", "edm", "subvp"])
+@pytest.mark.parametrize("k", [2, 3])
+def test_deis_is_dpm_solver_taylor_form(name, k):
+    """Two derivations, one algorithm: DEIS integrates the Lagrange interpolant of eps in log(rho)
+    exactly (by quadrature); DPM-Solver-kM (noise form, Taylor variant) expands eps in lambda with
+    divided differences. Equal to rounding, which independently pins the 3M coefficient 2 psi_3."""
+    p = PROCESSES[name]
+    model = GM.model(p, "x0")
+    z = Z * float(p.sigma(torch.tensor(ug.schedules.sample_range(p)[0])))
+    for n in (5, 30):
+        a, _ = ug.sample(model, ug.DEIS(k), steps=n, noise=z)
+        b, _ = ug.sample(model, ug.DPMSolver(k, solver_type="taylor"), steps=n, noise=z)
+        torch.testing.assert_close(a, b, **TOL)
+    if k == 3:  # the published coefficient psi_3 (no factor 2) is a different, second-order method
+        c, _ = ug.sample(model, ug.DPMSolver(3, solver_type="taylor", match_reference_3m=True), steps=30, noise=z)
+        assert (c - b).abs().max() > 1e-8

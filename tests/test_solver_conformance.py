@@ -223,3 +223,14 @@ def test_every_solver_module_registers_a_solver():
             continue
         m = importlib.import_module(f"unigen.solvers.{mod.name}")
         assert any(getattr(c, "__module__", None) == m.__name__ for c in ug.solvers.REGISTRY.values()), mod.name
+
+
+def test_singlestep_warmup_costs_one_extra_call():
+    model = GM.model(ug.VP.linear(), "eps")
+    s = ug.DPMSolver(3, warmup="singlestep")
+    _, info = ug.sample(model, s, steps=20, shape=(2, 2))
+    assert info.nfe == s.expected_nfe(20, False) == 21
+    with pytest.raises(ValueError, match="warmup must be 'lower_order' or 'singlestep'"):
+        ug.DPMSolver(3, warmup="rk")
+    with pytest.raises(ValueError, match="solver_type must be 'midpoint' or 'taylor'"):
+        ug.DPMSolverPP(2, solver_type="heun")

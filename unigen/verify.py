@@ -131,6 +131,142 @@ def model_to_exact() -> float:
     return worst
 
 
+# ---- solver engine -----------------------------------------------------------------------------
+def _noise(n=16, d=2, seed=3):
+    return torch.randn(n, d, generator=torch.Generator().manual_seed(seed), dtype=torch.float64)
+
+
+def _max_err(a, b):
+    return float((a - b).abs().max())
+
+
+@claim("DDIM == DPM-Solver-1 == DPM-Solver++-1 == UniP-1 == Euler(sigma clock) == DEIS-1", "VP.linear, eps, 20 logsnr steps", 1e-10)
+def first_order_family() -> float:
+    from . import solvers as S
+    from .sample import sample
+
+    model, z = oracle().model(P.VP.linear(), "eps"), _noise()
+    ref = sample(model, S.DDIM(), steps=20, noise=z)[0]
+    others = [S.DPMSolver(1), S.DPMSolverPP(1), S.UniPC(1, corrector=False), S.Euler(clock="sigma"), S.DEIS(1)]
+    return max(_max_err(sample(model, s, steps=20, noise=z)[0], ref) for s in others)
+
+
+@claim("UniP-2 (B(h) = e^h - 1) == DPM-Solver++(2M)", "VP.linear, eps, 20 logsnr steps", 1e-10)
+def unip2_is_dpmpp2m() -> float:
+    from . import solvers as S
+    from .sample import sample
+
+    model, z = oracle().model(P.VP.linear(), "eps"), _noise()
+    a = sample(model, S.UniPC(2, variant="bh2", corrector=False), steps=20, noise=z)[0]
+    return _max_err(a, sample(model, S.DPMSolverPP(2), steps=20, noise=z)[0])
+
+
+@claim("DDIM on VP == Euler on flow matching (Model.to)", "VP.linear eps -> FlowMatching velocity, 30 steps", 1e-10)
+def ddim_is_euler_fm() -> float:
+    from . import solvers as S
+    from .sample import sample
+    from .schedules import make_grid
+
+    vp, fm = P.VP.linear(), P.FlowMatching()
+    model, z = oracle().model(vp, "eps"), _noise()
+    ts = make_grid(vp, "logsnr", 30)
+    t_fm, c = P.time_change(vp, fm, ts)
+    x_vp = sample(model, S.DDIM(), schedule=ts, noise=z)[0]
+    x_fm = sample(model.to(fm, "velocity"), S.Euler(), schedule=t_fm, noise=z * c[0])[0]
+    return _max_err(x_fm / c[-1], x_vp)
+
+
+@claim("DDIM invariant to (alpha, sigma) -> c(t)(alpha, sigma)", "VP.linear vs c(t) = 1 + 2t^2, 25 steps", 1e-10)
+def ddim_scale_invariant() -> float:
+    from . import solvers as S
+    from .sample import sample
+    from .schedules import make_grid
+
+    vp = P.VP.linear()
+    c = lambda t: 1.0 + 2.0 * t**2  # noqa: E731
+    scaled = P.Affine(alpha=lambda t: c(t) * vp.alpha(t), sigma=lambda t: c(t) * vp.sigma(t))
+    ts, gm, z = make_grid(vp, "logsnr", 25), oracle(), _noise()
+    x = sample(gm.model(vp, "eps"), S.DDIM(), schedule=ts, noise=z)[0]
+    xs = sample(gm.model(scaled, "eps"), S.DDIM(), schedule=ts, noise=z * c(ts[0]))[0]
+    return _max_err(xs / c(ts[-1]), x)
+
+
+@claim("EDM Heun == Heun on the sigma clock", "EDM x0-model vs VP.linear eps-model, 15 steps", 1e-10)
+def edm_heun() -> float:
+    from . import solvers as S
+    from .sample import sample
+
+    edm, vp, gm, z = P.EDM(), P.VP.linear(), oracle(), _noise()
+    lam = torch.linspace(-2 * math.log(70.0), 8.0, 16, dtype=torch.float64)
+    t_vp, t_edm = vp.t_from_log_snr(lam), edm.t_from_log_snr(lam)
+    x_edm = sample(gm.model(edm, "x0"), S.Heun(), schedule=t_edm, noise=z * t_edm[0])[0]
+    x_vp = sample(gm.model(vp, "eps"), S.Heun(clock="sigma"), schedule=t_vp, noise=z * t_edm[0] * vp.alpha(t_vp[0]))[0]
+    return _max_err(x_vp / vp.alpha(t_vp[-1]), x_edm)
+
+
+@claim("same samples from eps-, x0-, v- and velocity-form models", "DPM-Solver++(3M), UniPC-2, Heun; VP.linear", 1e-10)
+def parametrization_invariance() -> float:
+    from . import solvers as S
+    from .sample import sample
+
+    gm, vp, z = oracle(), P.VP.linear(), _noise()
+    worst = 0.0
+    for solver in (S.DPMSolverPP(3), S.UniPC(2), S.Heun()):
+        ref = sample(gm.model(vp, "eps"), solver, steps=12, noise=z)[0]
+        for param in ("x0", "v", "velocity", "score"):
+            worst = max(worst, _max_err(sample(gm.model(vp, param), solver, steps=12, noise=z)[0], ref))
+    return worst
+
+
+@claim("DEIS-k == DPM-Solver-kM Taylor form (k = 2, 3)", "VP.linear, VE, EDM; 30 steps; two independent derivations", 1e-10)
+def deis_is_dpm_taylor() -> float:
+    from . import solvers as S
+    from .sample import sample
+
+    gm, worst = oracle(), 0.0
+    for p in (P.VP.linear(), P.VE(), P.EDM()):
+        z = _noise() * p.prior_std()
+        for k in (2, 3):
+            a = sample(gm.model(p, "x0"), S.DEIS(k), steps=30, noise=z)[0]
+            b = sample(gm.model(p, "x0"), S.DPMSolver(k, solver_type="taylor"), steps=30, noise=z)[0]
+            worst = max(worst, _max_err(a, b) / p.prior_std())
+    return worst
+
+
+def convergence_slope(solver, steps=(64, 128, 256)) -> float:
+    """Measured order: slope of log2(error) vs log2(steps) against the exact Gaussian flow."""
+    from .sample import sample
+
+    vp = P.VP.linear()
+    gauss = GaussianMixture(torch.tensor([[0.5, -1.0, 2.0]], dtype=torch.float64), torch.tensor([[0.6, 1.3, 0.2]], dtype=torch.float64))
+    z = torch.randn(32, 3, generator=torch.Generator().manual_seed(0), dtype=torch.float64)
+    exact = gauss.exact_ode_solution(z, 1.0, 1e-2, vp)
+    errs = [_max_err(sample(gauss.model(vp, "eps"), solver, steps=n, noise=z, t_end=1e-2)[0], exact) for n in steps]
+    return math.log2(errs[0] / errs[-1]) / (len(errs) - 1)
+
+
+def _order_claim(label, make):
+    def fn():
+        s = make()
+        return abs(convergence_slope(s) - s.order)
+
+    claim(f"convergence order of {label}", "|measured slope - declared order|, exact Gaussian PF-ODE flow, VP", 0.3)(fn)
+
+
+for _label, _make in [
+    ("Euler (1)", lambda: __import__("unigen").Euler()),
+    ("Heun (2)", lambda: __import__("unigen").Heun()),
+    ("RK4 (4)", lambda: __import__("unigen").RK4()),
+    ("DDIM (1)", lambda: __import__("unigen").DDIM()),
+    ("DPM-Solver++(2M) (2)", lambda: __import__("unigen").DPMSolverPP(2)),
+    ("DPM-Solver++(3M) (3)", lambda: __import__("unigen").DPMSolverPP(3)),
+    ("DPM-Solver-3 singlestep (3)", lambda: __import__("unigen").DPMSolver(3, multistep=False)),
+    ("UniPC-2 bh2 (3)", lambda: __import__("unigen").UniPC(2)),
+    ("DEIS-2 (2)", lambda: __import__("unigen").DEIS(2)),
+]:
+    _order_claim(_label, _make)
+
+
 def run_claims(claims: list[Claim] | None = None) -> list[Result]:
     results = []
     for c in CLAIMS if claims is None else claims:

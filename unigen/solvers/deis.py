@@ -9,7 +9,10 @@ the last k evaluated points and integrates it exactly:
 The weights are integrals of a polynomial times e^l and are computed once per run by
 32-point Gauss-Legendre quadrature (exact to float64 rounding for these smooth integrands).
 Order 1 is DDIM. Orders 2-3 run at reduced order during warm-up, and for fewer than 15
-steps on the last steps (as DPM-Solver does).
+steps on the last steps (as DPM-Solver does). Integrating the Lagrange interpolant exactly
+is the same as the Taylor form of the noise-prediction exponential integrator with
+divided differences, so DEIS-k equals ``DPMSolver(k, solver_type="taylor")`` (k = 2, 3) up to
+rounding: an identity between two independent derivations, tested to 1e-10.
 """
 
 from __future__ import annotations
