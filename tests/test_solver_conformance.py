@@ -234,3 +234,15 @@ def test_singlestep_warmup_costs_one_extra_call():
         ug.DPMSolver(3, warmup="rk")
     with pytest.raises(ValueError, match="solver_type must be 'midpoint' or 'taylor'"):
         ug.DPMSolverPP(2, solver_type="heun")
+
+
+def test_progress_bar_is_optional():
+    model = GM.model(ug.VP.linear(), "eps")
+    try:
+        import tqdm  # noqa: F401
+    except ImportError:
+        with pytest.raises(ImportError, match=r"progress=True needs tqdm: pip install 'unigen\[progress\]'"):
+            ug.sample(model, ug.DDIM(), steps=3, shape=(2, 2), progress=True)
+    else:
+        x, _ = ug.sample(model, ug.DDIM(), steps=3, shape=(2, 2), progress=True)
+        assert torch.isfinite(x).all()
