@@ -52,10 +52,22 @@ def check_parametrization(name, argument: str = "parametrization") -> str:
 
 
 class _Coefs:
-    """alpha, sigma (and alpha', sigma' on demand) of one process at one t, broadcast to z."""
+    """alpha, sigma (and alpha', sigma' on demand) of one process at one t, broadcast to z.
+
+    Solvers that know the values in advance (Python floats precomputed on the grid) build
+    it with :meth:`fixed`; conversions then cost two tensor operations and no schedule math.
+    """
 
     def __init__(self, process, t: Tensor, z: Tensor):
         self.process, self.t, self.z = process, t, z
+
+    @classmethod
+    def fixed(cls, process, t, alpha: float, sigma: float, d_alpha: float | None = None, d_sigma: float | None = None):
+        c = cls(process, t, t)
+        c.__dict__.update(alpha=alpha, sigma=sigma)
+        if d_alpha is not None:
+            c.__dict__.update(d_alpha=d_alpha, d_sigma=d_sigma)
+        return c
 
     @cached_property
     def alpha(self):
@@ -112,10 +124,32 @@ def _reproject(out: Tensor, z: Tensor, src_c: _Coefs, src: str, dst_c: _Coefs, d
     a, b = src_c.ab(src)
     a2, b2 = dst_c.ab(dst)
     alpha, sigma = src_c.alpha, src_c.sigma
-    det = alpha * b - sigma * a
+    det = _solve_det(alpha, sigma, a, b, src, dst)
     if check:
         _check_det(det, alpha, sigma, a, b, src, dst, src_c.t)
-    return ((a2 * b - b2 * a) * z + (b2 * alpha - a2 * sigma) * out) / det
+    return _lin((a2 * b - b2 * a) / det, z, (b2 * alpha - a2 * sigma) / det, out)
+
+
+def _lin(cz, z: Tensor, co, out: Tensor) -> Tensor:
+    """cz z + co out with as few tensor operations as the coefficients allow.
+
+    Branches look only at Python floats (precomputed grid values), never at tensors.
+    """
+    cz_float, co_float = isinstance(cz, float), isinstance(co, float)
+    if cz_float and cz == 0.0:
+        return out if co_float and co == 1.0 else co * out
+    if co_float and co == 0.0:
+        return cz * z
+    if co_float:
+        return torch.add(cz * z, out, alpha=co)
+    return cz * z + co * out
+
+
+def _solve_det(alpha, sigma, a, b, src, dst):
+    det = alpha * b - sigma * a
+    if isinstance(det, float) and det == 0.0:
+        raise SingularConversionError(f"cannot convert {src!r} to {dst!r}: alpha={alpha}, sigma={sigma} make it singular")
+    return det
 
 
 def _check_det(det, alpha, sigma, a, b, src, dst, t):
@@ -172,10 +206,18 @@ class Prediction:
     cached, so a solver that needs (x0, eps) pays for the conversion once per model call.
     """
 
-    def __init__(self, out: Tensor, z: Tensor, t: Tensor, process, parametrization: str):
+    def __init__(self, out: Tensor, z: Tensor, t: Tensor, process, parametrization: str, coefs: _Coefs | None = None):
         self.out, self.z, self.t, self.process = out, z, t, process
         self.parametrization = parametrization
-        self._c = _Coefs(process, t, z)
+        self._c = _Coefs(process, t, z) if coefs is None else coefs
+
+    def combine(self, cx, ce) -> Tensor:
+        """cx x0 + ce eps, computed straight from (z, out) in two tensor operations."""
+        c = self._c
+        name = "x0" if self.parametrization == "denoiser" else self.parametrization
+        a, b = c.ab(name)
+        det = _solve_det(c.alpha, c.sigma, a, b, name, "x0/eps")
+        return _lin((cx * b - ce * a) / det, self.z, (ce * c.alpha - cx * c.sigma) / det, self.out)
 
     def as_(self, name: str) -> Tensor:
         """The prediction as output type ``name`` (no singularity check: see :func:`convert`)."""

@@ -24,6 +24,7 @@ from torch import Tensor
 
 from .._utils import IncompatibleSolverError, expand_like
 from ..noise import randn_like
+from ..parametrization import Prediction, _Coefs
 
 __all__ = ["Dynamics", "Grid", "Solver", "Noise", "REGISTRY", "get_solver"]
 
@@ -43,18 +44,22 @@ class Dynamics:
             caps.add("energy")
         self.capabilities = frozenset(caps)
 
-    def predict(self, z: Tensor, t: Tensor):
-        """One model call at (z, t); the network sees z in the data dtype."""
+    def predict(self, z: Tensor, t: Tensor, coefs=None):
+        """One model call at (z, t); the network sees z in the data dtype.
+
+        ``coefs`` (from :meth:`Grid.coefs` or :meth:`Grid.fixed`) supplies precomputed
+        alpha, sigma, alpha', sigma' so that conversions skip the schedule arithmetic.
+        """
         self.nfe += 1
         if z.dtype != self.data_dtype:
-            pred = self.model.predict(z.to(self.data_dtype), t)
-            pred.out, pred.z = pred.out.to(z.dtype), z
-            return pred
-        return self.model.predict(z, t)
+            out = self.model.raw(z.to(self.data_dtype), t).to(z.dtype)
+        else:
+            out = self.model.raw(z, t)
+        return Prediction(out, z, t, self.process, self.model.parametrization, coefs)
 
-    def velocity(self, z: Tensor, t: Tensor) -> Tensor:
+    def velocity(self, z: Tensor, t: Tensor, coefs=None) -> Tensor:
         """The probability-flow ODE drift dz/dt in the process's own time."""
-        return self.predict(z, t).velocity
+        return self.predict(z, t, coefs).velocity
 
     def energy(self, z: Tensor, t: Tensor) -> Tensor:
         self.nfe += 1
@@ -83,6 +88,21 @@ class Grid:
             self.lam = process.log_snr(ts64).tolist()
         self.lam_dpm = [0.5 * v for v in self.lam]
         self.ends_at_zero = self.sigma[-1] == 0.0
+        d_alpha, d_sigma = self.d_coefs(self.times)
+        self._coefs = [
+            _Coefs.fixed(process, self.t[i], self.alpha[i], self.sigma[i], d_alpha[i], d_sigma[i]) for i in range(self.n + 1)
+        ]
+
+    def coefs(self, i: int) -> _Coefs:
+        """Precomputed coefficients at grid point i (for ``Dynamics.predict``)."""
+        return self._coefs[i]
+
+    def fixed(self, t: Tensor) -> _Coefs:
+        """Coefficients at an off-grid time (a stage or intermediate point), computed once."""
+        t64 = t.detach().to(torch.float64).cpu()
+        p = self.process
+        vals = [float(f(t64)) for f in (p.alpha, p.sigma, p.d_alpha, p.d_sigma)]
+        return _Coefs.fixed(p, t.to(self.ts), *vals)
 
     def h(self, i: int, j: int | None = None) -> float:
         """Step in DPM-Solver's lambda from t_i to t_j (default j = i + 1); positive towards data."""
@@ -144,7 +164,7 @@ class Solver:
         This is DDIM / DPM-Solver-1 / Euler-in-sigma at sigma_next = 0; for a stochastic
         sampler the posterior q(z_0 | z_t, x0_hat) is a point mass at x0_hat too.
         """
-        return dyn.predict(z, grid.t[i]).x0, state
+        return dyn.predict(z, grid.t[i], grid.coefs(i)).x0, state
 
     def expected_nfe(self, n_steps: int, ends_at_zero: bool) -> int:
         """Model calls for a run of ``n_steps`` (the last step onto sigma = 0 costs one call)."""

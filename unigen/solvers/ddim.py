@@ -19,6 +19,8 @@ from __future__ import annotations
 
 import math
 
+import torch
+
 from .base import Solver
 
 __all__ = ["DDIM", "DDPM"]
@@ -55,8 +57,7 @@ class DDIM(Solver):
 
     def step(self, dyn, z, i, grid, coefs, noise):
         a, b, c = coefs[i]
-        pred = dyn.predict(z, grid.t[i])
-        z = a * pred.x0 + b * pred.eps
+        z = dyn.predict(z, grid.t[i], grid.coefs(i)).combine(a, b)
         if c > 0.0:
             z = z + c * noise(z)
         return z, coefs
@@ -85,5 +86,5 @@ class DDPM(Solver):
 
     def step(self, dyn, z, i, grid, coefs, noise):
         cz, cx, std = coefs[i]
-        x0 = dyn.predict(z, grid.t[i]).x0
-        return cz * z + cx * x0 + std * noise(z), coefs
+        x0 = dyn.predict(z, grid.t[i], grid.coefs(i)).x0
+        return torch.add(cz * z, x0, alpha=cx) + std * noise(z), coefs

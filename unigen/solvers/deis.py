@@ -74,7 +74,7 @@ class DEIS(Solver):
     def step(self, dyn, z, i, grid, state, noise):
         inv_a, a_next, c = state["plans"][i]
         hist = state["hist"]
-        hist.append(dyn.predict(z, grid.t[i]).eps)
+        hist.append(dyn.predict(z, grid.t[i], grid.coefs(i)).eps)
         del hist[:-3]
         y = z * inv_a
         for j, cj in enumerate(c):

@@ -114,7 +114,8 @@ class _DPMSolverBase(Solver, register=False):
                 for r in rs:
                     lam = grid.lam_dpm[i] + r * grid.h(i)
                     t = p.t_from_log_snr(torch.tensor(2.0 * lam, dtype=torch.float64))
-                    pts.append((r, t.to(grid.ts), float(p.alpha(t)), float(p.sigma(t))))
+                    c = grid.fixed(t)
+                    pts.append((r, c.t, c.alpha, c.sigma, c))
                 state["inter"][i] = pts
         return state
 
@@ -123,7 +124,7 @@ class _DPMSolverBase(Solver, register=False):
 
     # -- steps -------------------------------------------------------------------------------
     def step(self, dyn, z, i, grid, state, noise):
-        m0 = self._form.target(dyn.predict(z, grid.t[i]))
+        m0 = self._form.target(dyn.predict(z, grid.t[i], grid.coefs(i)))
         k = self._order_at(i, grid.n)
         if self.multistep:
             hist = state["hist"]
@@ -159,16 +160,16 @@ class _DPMSolverBase(Solver, register=False):
         base = A * z - (B * psi(1, hh)) * m0
         if k == 1:
             return base
-        r1, t1, a1, s1 = inter[0]
+        r1, t1, a1, s1, c1 = inter[0]
         A1, B1, _ = self._ab(grid, i, a1, s1, r1 * h)
         u1 = A1 * z - (B1 * psi(1, r1 * hh)) * m0
-        d1 = self._form.target(dyn.predict(u1, t1)) - m0
+        d1 = self._form.target(dyn.predict(u1, t1, c1)) - m0
         if k == 2:
             return base - (B * psi(1, hh) / (2 * r1)) * d1
-        r2, t2, a2, s2 = inter[1]
+        r2, t2, a2, s2, c2 = inter[1]
         A2, B2, _ = self._ab(grid, i, a2, s2, r2 * h)
         u2 = A2 * z - (B2 * psi(1, r2 * hh)) * m0 - (B2 * (r2 / r1) * psi(2, r2 * hh)) * d1
-        d2 = self._form.target(dyn.predict(u2, t2)) - m0
+        d2 = self._form.target(dyn.predict(u2, t2, c2)) - m0
         return base - (B * psi(2, hh) / r2) * d2
 
 

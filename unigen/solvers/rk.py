@@ -65,7 +65,7 @@ class _RungeKutta(Solver, register=False):
             ts_k, scale_k = [], []
             for c in tab.c:
                 if c == 0.0:
-                    ts_k.append(grid.t[i])
+                    ts_k.append(grid.coefs(i))
                     scale_k.append(grid.alpha[i])
                     continue
                 tk = tau[i] + c * h
@@ -74,13 +74,14 @@ class _RungeKutta(Solver, register=False):
                 else:
                     lam = -2.0 * math.log(tk) if tk > 0 else math.inf  # sigma/alpha = 0: clean data
                     t_val = p.t_from_log_snr(torch.tensor(lam, dtype=torch.float64))
-                ts_k.append(t_val.to(grid.ts))
-                scale_k.append(float(p.alpha(t_val)))
+                coefs = grid.fixed(t_val)
+                ts_k.append(coefs)
+                scale_k.append(coefs.alpha)
             stages.append((h, ts_k, scale_k))
         return stages
 
-    def _f(self, dyn, z, t):
-        pred = dyn.predict(z, t)
+    def _f(self, dyn, z, coefs):
+        pred = dyn.predict(z, coefs.t, coefs)
         return pred.velocity if self.clock == "t" else pred.eps
 
     def step(self, dyn, z, i, grid, stages, noise):

@@ -95,7 +95,7 @@ class UniPC(Solver):
         return {"plans": plans, "hist": [], "pred": None}
 
     def step(self, dyn, z, i, grid, state, noise):
-        pred = state["pred"] if state["pred"] is not None else dyn.predict(z, grid.t[i])
+        pred = state["pred"] if state["pred"] is not None else dyn.predict(z, grid.t[i], grid.coefs(i))
         m0 = self._form.target(pred)
         hist = state["hist"]
         hist.append(m0)
@@ -108,7 +108,7 @@ class UniPC(Solver):
             z_t = z_t - cB * sum(r * d for r, d in zip(rho_p, ds))
         state["pred"] = None
         if self.corrector and i < grid.n - 1:
-            pred_t = dyn.predict(z_t, grid.t[i + 1])
+            pred_t = dyn.predict(z_t, grid.t[i + 1], grid.coefs(i + 1))
             corr = rho_c[-1] * (self._form.target(pred_t) - m0)
             for r, d in zip(rho_c[:-1], ds):
                 corr = corr + r * d
@@ -117,5 +117,5 @@ class UniPC(Solver):
         return z_t, state
 
     def final_step(self, dyn, z, i, grid, state, noise):
-        pred = state["pred"] if state["pred"] is not None else dyn.predict(z, grid.t[i])
+        pred = state["pred"] if state["pred"] is not None else dyn.predict(z, grid.t[i], grid.coefs(i))
         return pred.x0, state
