@@ -97,12 +97,15 @@ class Grid:
         """Precomputed coefficients at grid point i (for ``Dynamics.predict``)."""
         return self._coefs[i]
 
-    def fixed(self, t: Tensor) -> _Coefs:
-        """Coefficients at an off-grid time (a stage or intermediate point), computed once."""
-        t64 = t.detach().to(torch.float64).cpu()
+    def fixed(self, times) -> list[_Coefs]:
+        """Coefficients at off-grid times (stages, intermediate points), in one vectorised pass."""
+        t64 = torch.as_tensor(times, dtype=torch.float64).detach().cpu().reshape(-1)
+        if t64.numel() == 0:
+            return []
         p = self.process
-        vals = [float(f(t64)) for f in (p.alpha, p.sigma, p.d_alpha, p.d_sigma)]
-        return _Coefs.fixed(p, t.to(self.ts), *vals)
+        vals = [f(t64).tolist() for f in (p.alpha, p.sigma, p.d_alpha, p.d_sigma)]
+        tt = t64.to(dtype=self.ts.dtype, device=self.ts.device).unbind(0)
+        return [_Coefs.fixed(p, tt[j], *(v[j] for v in vals)) for j in range(len(tt))]
 
     def h(self, i: int, j: int | None = None) -> float:
         """Step in DPM-Solver's lambda from t_i to t_j (default j = i + 1); positive towards data."""

@@ -105,18 +105,17 @@ class _DPMSolverBase(Solver, register=False):
                 "use DPMSolverPP (data form) or a smaller t_start"
             )
         state = {"hist": [], "inter": {}}
-        p = grid.process
+        # intermediate points r of singlestep steps, evaluated in one vectorised pass
+        plan = []
         for i in range(grid.n):
             if not self.multistep or self._singlestep_warmup(i):
-                k = self._order_at(i, grid.n)
-                rs = {2: (0.5,), 3: (1 / 3, 2 / 3)}.get(k, ())
-                pts = []
-                for r in rs:
-                    lam = grid.lam_dpm[i] + r * grid.h(i)
-                    t = p.t_from_log_snr(torch.tensor(2.0 * lam, dtype=torch.float64))
-                    c = grid.fixed(t)
-                    pts.append((r, c.t, c.alpha, c.sigma, c))
-                state["inter"][i] = pts
+                rs = {2: (0.5,), 3: (1 / 3, 2 / 3)}.get(self._order_at(i, grid.n), ())
+                state["inter"][i] = []
+                plan += [(i, r, 2.0 * (grid.lam_dpm[i] + r * grid.h(i))) for r in rs]
+        if plan:
+            ts = grid.process.t_from_log_snr(torch.tensor([lam for _, _, lam in plan], dtype=torch.float64))
+            for (i, r, _), c in zip(plan, grid.fixed(ts)):
+                state["inter"][i].append((r, c.t, c.alpha, c.sigma, c))
         return state
 
     def _ab(self, grid, i, a_t, s_t, h):

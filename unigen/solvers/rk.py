@@ -59,25 +59,17 @@ class _RungeKutta(Solver, register=False):
                     "pass a smaller t_start or use clock='t'"
                 )
             tau = [s / a if a > 0 else math.inf for a, s in zip(grid.alpha, grid.sigma)]
+        # all off-grid stage times of the run, evaluated in one vectorised pass
+        inner = [(i, k, tau[i] + c * (tau[i + 1] - tau[i])) for i in range(grid.n) for k, c in enumerate(tab.c) if c != 0.0]
+        vals = [v for _, _, v in inner]
+        if self.clock == "sigma":
+            lam = [-2.0 * math.log(v) if v > 0 else math.inf for v in vals]  # sigma/alpha = 0: clean data
+            vals = p.t_from_log_snr(torch.tensor(lam, dtype=torch.float64)) if lam else []
+        off = dict(zip(((i, k) for i, k, _ in inner), grid.fixed(vals)))
         stages = []
         for i in range(grid.n):
-            h = tau[i + 1] - tau[i]
-            ts_k, scale_k = [], []
-            for c in tab.c:
-                if c == 0.0:
-                    ts_k.append(grid.coefs(i))
-                    scale_k.append(grid.alpha[i])
-                    continue
-                tk = tau[i] + c * h
-                if self.clock == "t":
-                    t_val = torch.tensor(tk, dtype=torch.float64)
-                else:
-                    lam = -2.0 * math.log(tk) if tk > 0 else math.inf  # sigma/alpha = 0: clean data
-                    t_val = p.t_from_log_snr(torch.tensor(lam, dtype=torch.float64))
-                coefs = grid.fixed(t_val)
-                ts_k.append(coefs)
-                scale_k.append(coefs.alpha)
-            stages.append((h, ts_k, scale_k))
+            coefs = [off[(i, k)] if c != 0.0 else grid.coefs(i) for k, c in enumerate(tab.c)]
+            stages.append((tau[i + 1] - tau[i], coefs, [c.alpha for c in coefs]))
         return stages
 
     def _f(self, dyn, z, coefs):

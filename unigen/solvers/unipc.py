@@ -21,8 +21,6 @@ from __future__ import annotations
 
 import math
 
-import torch
-
 from ._expint import Form, psi
 from .base import Solver
 
@@ -42,9 +40,20 @@ def _unipc_coefs(rks: list[float], hh: float, variant: str):
 
 
 def _solve(rks: list[float], b: list[float]) -> list[float]:
-    """Solve R rho = b, R_{k,m} = rks[m]^k (float64, tiny system)."""
-    R = torch.tensor([[r**k for r in rks] for k in range(len(rks))], dtype=torch.float64)
-    return torch.linalg.solve(R, torch.tensor(b, dtype=torch.float64)).tolist()
+    """Solve R rho = b, R_{k,m} = rks[m]^k (a Vandermonde system of size <= 3), by Gaussian
+    elimination with partial pivoting in plain Python floats (no tensor work per step)."""
+    n = len(rks)
+    A = [[rks[m] ** k for m in range(n)] + [b[k]] for k in range(n)]
+    for col in range(n):
+        piv = max(range(col, n), key=lambda r: abs(A[r][col]))
+        A[col], A[piv] = A[piv], A[col]
+        for r in range(col + 1, n):
+            f = A[r][col] / A[col][col]
+            A[r] = [x - f * y for x, y in zip(A[r], A[col])]
+    x = [0.0] * n
+    for r in range(n - 1, -1, -1):
+        x[r] = (A[r][n] - sum(A[r][m] * x[m] for m in range(r + 1, n))) / A[r][r]
+    return x
 
 
 class UniPC(Solver):
