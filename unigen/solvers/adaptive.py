@@ -8,7 +8,6 @@ control inspects error norms on the host, so unlike the fixed-step solvers it sy
 
 from __future__ import annotations
 
-import torch
 
 from .base import Solver
 
