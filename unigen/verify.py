@@ -218,6 +218,29 @@ def parametrization_invariance() -> float:
     return worst
 
 
+@claim("DDPM ancestral (small variance) == DDIM(eta=1); SDE-DPM-Solver++-1 == DDPM", "VP.linear, eps, 20 steps, same generator", 1e-10)
+def ancestral_family() -> float:
+    from . import solvers as S
+    from .sample import sample
+
+    model, z = oracle().model(P.VP.linear(), "eps"), _noise()
+    run = lambda s: sample(model, s, steps=20, noise=z, generator=torch.Generator().manual_seed(7))[0]  # noqa: E731
+    ref = run(S.DDPM("small"))
+    return max(_max_err(run(S.DDIM(eta=1.0)), ref), _max_err(run(S.SDEDPMSolverPP(order=1)), ref))
+
+
+@claim("eta = 0 ends of the SDE samplers: EM == Euler, EDM churn 0 == Heun(sigma), SDE-DPM++ == DPM++(2M)", "VP.linear, eps, 20 steps", 1e-10)
+def sde_ode_limits() -> float:
+    from . import solvers as S
+    from .sample import sample
+
+    model, z = oracle().model(P.VP.linear(), "eps"), _noise()
+    run = lambda s: sample(model, s, steps=20, noise=z, generator=torch.Generator().manual_seed(7))[0]  # noqa: E731
+    pairs = [(S.EulerMaruyama(eta=0.0), S.Euler()), (S.EDMStochastic(churn=0.0), S.Heun(clock="sigma")),
+             (S.SDEDPMSolverPP(eta=0.0), S.DPMSolverPP(2))]
+    return max(_max_err(run(a), run(b)) for a, b in pairs)
+
+
 @claim("DEIS-k == DPM-Solver-kM Taylor form (k = 2, 3)", "VP.linear, VE, EDM; 30 steps; two independent derivations", 1e-10)
 def deis_is_dpm_taylor() -> float:
     from . import solvers as S
