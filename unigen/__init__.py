@@ -7,6 +7,8 @@ from .model import Model, guided
 from .parametrization import PARAMETRIZATIONS, Prediction, coefficients, convert
 from .process import EDM, VE, VP, Affine, Cosine, FlowMatching, Process, SubVP, time_change
 from . import solvers
+from . import likelihood
+from .likelihood import bits_per_dim, discrete_vlb, log_likelihood
 from .sample import SampleInfo, sample
 from .schedules import SCHEDULES, make_grid
 from .solvers import *  # noqa: F401,F403  (every registered solver: ug.DDIM, ug.DPMSolverPP, ...)
@@ -14,6 +16,10 @@ from .solvers import *  # noqa: F401,F403  (every registered solver: ug.DDIM, ug
 __version__ = "0.1.0"
 
 __all__ = [
+    "likelihood",
+    "log_likelihood",
+    "bits_per_dim",
+    "discrete_vlb",
     "solvers",
     "sample",
     "SampleInfo",
@@ -40,3 +46,7 @@ __all__ = [
     "SingularConversionError",
     "IncompatibleSolverError",
 ]
+
+from .losses import loss  # noqa: E402
+
+__all__ += ["losses", "train", "loss"]

@@ -365,7 +365,11 @@ class VPDiscrete(VP):
         """Left knot index i of the segment [t_i, t_{i+1}] holding t, and the fraction within it."""
         tk, _, _ = self._knots(t)
         n = self.num_timesteps
-        i = torch.clamp(torch.ceil(t * n).long() - 1, 0, n - 1)
+        # exact comparisons against the knots (t*N would round t = k/N + 1ulp back onto k/N,
+        # which matters to integrators that step just past a kink); a knot itself is the
+        # right end of its left segment
+        i = torch.searchsorted(tk, t.reshape(-1).contiguous(), right=False).reshape(t.shape) - 1
+        i = torch.clamp(i, 0, n - 1)
         return i, (t - tk[i]) * n
 
     def _is_last_linear(self, i):
@@ -404,6 +408,11 @@ class VPDiscrete(VP):
             t_last = tk[j] + (torch.exp(target) - a[j]) / ((a[j + 1] - a[j]) * n)
             t = torch.where(target < la[j], t_last, t)
         return t
+
+    @property
+    def breakpoints(self) -> list[float]:
+        """The knots t = k/N, where alpha'(t) jumps (adaptive integrators step onto them)."""
+        return self._t_knots.tolist()
 
     def timestep(self, t: Tensor) -> Tensor:
         """The network's (fractional) timestep index n = N t - 1 for continuous t."""

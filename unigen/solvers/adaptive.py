@@ -8,12 +8,31 @@ control inspects error norms on the host, so unlike the fixed-step solvers it sy
 
 from __future__ import annotations
 
+import torch
+
 
 from .base import Solver
 
 __all__ = ["Adaptive"]
 
 _ADAPTIVE_RK = ("dopri5", "dopri8", "bosh3", "fehlberg2", "adaptive_heun")
+
+
+def landing_options(method: str, span, options: dict | None, process=None) -> dict:
+    """torchdiffeq options that make an adaptive RK method land on the end of ``span`` exactly
+    instead of stepping past it and interpolating back: a process may end there (sigma would
+    turn imaginary below t = 0, log(1 - t) is undefined past t = 1 for flow matching). The
+    process's ``breakpoints`` (kinks of a piecewise schedule) become ``jump_t``: the solver stops
+    there and re-evaluates the derivative, so neither error control nor FSAL straddles a kink."""
+    options = dict(options or {})
+    if method in _ADAPTIVE_RK:
+        options.setdefault("step_t", span)
+        lo, hi = float(span.min()), float(span.max())
+        kinks = [k for k in getattr(process, "breakpoints", ()) if lo < k < hi]
+        if kinks and "jump_t" not in options:
+            # jump_t, not step_t: the stored last-stage derivative (FSAL) must not cross a kink
+            options["jump_t"] = torch.tensor(kinks, dtype=span.dtype, device=span.device)
+    return options
 
 
 class Adaptive(Solver):
@@ -45,10 +64,6 @@ class Adaptive(Solver):
             return dyn.velocity(y, t)
 
         span = grid.ts[i : i + 2]
-        options = dict(self.options or {})
-        if self.method in _ADAPTIVE_RK:
-            # land on t_{i+1} exactly instead of stepping past it (the process may end there,
-            # e.g. sigma would turn imaginary below t = 0) and interpolating back
-            options.setdefault("step_t", span)
+        options = landing_options(self.method, span, self.options, grid.process)
         z1 = odeint(f, z, span, method=self.method, rtol=self.rtol, atol=self.atol, options=options)[-1]
         return z1, state

@@ -1,0 +1,187 @@
+"""PF-ODE likelihood, bits/dim and the DDPM bound against closed forms and autograd."""
+
+import math
+
+import pytest
+import torch
+from torch import nn
+
+import unigen as ug
+from helpers import DDPM_BETAS
+from unigen.likelihood import bits_per_dim, discrete_vlb, divergence, log_likelihood
+
+TIGHT = dict(rtol=1e-10, atol=1e-10)
+
+
+def mixture(dim, seed=0, k=3):
+    g = torch.Generator().manual_seed(seed)
+    return ug.GaussianMixture(torch.randn(k, dim, generator=g), 0.3 + torch.rand(k, generator=g))
+
+
+def exact_prior(gm, process, T=None):
+    T = ug.schedules.sample_range(process)[0] if T is None else T
+    return lambda z: gm.marginal_log_prob(z, torch.tensor(T, dtype=z.dtype), process)
+
+
+CASES = [("vp", ug.VP.linear(), "eps"), ("ve", ug.VE(), "x0"), ("edm", ug.EDM(), "denoiser"), ("fm", ug.FlowMatching(), "velocity")]
+
+
+@pytest.mark.parametrize("dim", [2, 8])
+@pytest.mark.parametrize("name, process, param", CASES, ids=[c[0] for c in CASES])
+def test_oracle_likelihood_matches_closed_form(name, process, param, dim):
+    """log p_{t0}(x) by the PF-ODE equals the mixture's closed-form marginal (measured <= 3e-8 nats)."""
+    gm = mixture(dim)
+    x = gm.sample(12, generator=torch.Generator().manual_seed(1))
+    logp, info = log_likelihood(gm.model(process, param), x, prior=exact_prior(gm, process), return_info=True, **TIGHT)
+    ref = gm.marginal_log_prob(x, info.t0, process)
+    assert (logp - ref).abs().max() <= 1e-4
+    assert info.nfe > 0 and torch.isfinite(info.z_T).all()
+
+
+def test_discrete_process_likelihood():
+    """VP.discrete's velocity has a kink at each of its 1000 knots; the solver steps onto them
+    (``process.breakpoints``), so error control never straddles one."""
+    p = ug.VP.discrete(DDPM_BETAS)
+    gm = mixture(2)
+    x = gm.sample(4, generator=torch.Generator().manual_seed(2))
+    logp, info = log_likelihood(gm.model(p, "eps"), x, prior=exact_prior(gm, p), return_info=True, rtol=1e-8, atol=1e-8)
+    assert info.t0 == pytest.approx(1e-3)
+    torch.testing.assert_close(logp, gm.marginal_log_prob(x, info.t0, p), rtol=0, atol=1e-4)
+
+
+def test_same_likelihood_in_every_parametrization():
+    gm, p = mixture(3, seed=4), ug.VP.linear()
+    x = gm.sample(6, generator=torch.Generator().manual_seed(3))
+    ref = log_likelihood(gm.model(p, "eps"), x, **TIGHT)
+    for param in ("v", "velocity", "x0", "score"):
+        torch.testing.assert_close(log_likelihood(gm.model(p, param), x, **TIGHT), ref, rtol=0, atol=1e-6)
+
+
+def test_model_to_changes_log_p_by_the_input_scale_jacobian():
+    """Moving the VP oracle to flow matching: z_FM = c z_VP, so log p_FM(c x) = log p_VP(x) - D log c."""
+    gm, vp, fm = mixture(2, seed=5), ug.VP.linear(), ug.FlowMatching()
+    x = gm.sample(6, generator=torch.Generator().manual_seed(4))
+    t0_vp, T_vp = 1e-3, 1.0
+    (t0_fm, T_fm), c = ug.time_change(vp, fm, torch.tensor([t0_vp, T_vp]))
+    lp_vp = log_likelihood(gm.model(vp, "eps"), x, t0=t0_vp, T=T_vp, prior=exact_prior(gm, vp, T_vp), **TIGHT)
+    moved = gm.model(vp, "eps").to(fm, "velocity")
+    prior_fm = lambda z: gm.marginal_log_prob(z / c[1], torch.tensor(T_vp), vp) - 2 * torch.log(c[1])  # noqa: E731
+    lp_fm = log_likelihood(moved, c[0] * x, t0=float(t0_fm), T=float(T_fm), prior=prior_fm, **TIGHT)
+    torch.testing.assert_close(lp_fm - lp_vp, (-2 * torch.log(c[0])).expand(6), rtol=0, atol=1e-6)
+
+
+class TinyNet(nn.Module):
+    def __init__(self, d=2):
+        super().__init__()
+        g = torch.Generator().manual_seed(0)
+        self.w1 = nn.Parameter(0.5 * torch.randn(d + 1, 16, generator=g))
+        self.w2 = nn.Parameter(0.5 * torch.randn(16, d, generator=g))
+
+    def forward(self, z, t):
+        h = torch.tanh(torch.cat([z, t.expand(z.shape[0], 1)], 1) @ self.w1)
+        return h @ self.w2
+
+
+def test_adjoint_gradient_equals_backprop():
+    net = TinyNet()
+    model = ug.Model(net, ug.FlowMatching(), "velocity")
+    x = torch.randn(5, 2, generator=torch.Generator().manual_seed(0))
+    grads = []
+    for adjoint in (False, True):
+        net.zero_grad()
+        log_likelihood(model, x, grad=True, adjoint=adjoint, rtol=1e-9, atol=1e-9).sum().backward()
+        grads.append([p.grad.clone() for p in net.parameters()])
+    for a, b in zip(*grads):
+        torch.testing.assert_close(a, b, rtol=1e-6, atol=1e-6)
+    assert grads[0][0].abs().sum() > 0
+
+
+def test_hutchinson_is_unbiased():
+    gm, p = mixture(4, seed=6), ug.VP.linear()
+    x = gm.sample(4, generator=torch.Generator().manual_seed(5))
+    exact = log_likelihood(gm.model(p, "eps"), x, rtol=1e-8, atol=1e-8)
+    for probe in ("rademacher", "gaussian"):
+        _, info = log_likelihood(gm.model(p, "eps"), x, divergence="hutchinson", n_probes=200, probe=probe,
+                                 generator=torch.Generator().manual_seed(7), rtol=1e-8, atol=1e-8, return_info=True)
+        est = info.per_probe  # [200, batch]
+        se = est.std(0) / math.sqrt(est.shape[0])
+        assert ((est.mean(0) - exact).abs() <= 3 * se + 1e-6).all(), (est.mean(0) - exact, se)
+        assert (se > 0).all()
+
+
+def test_divergence_exact_matches_autograd_jacobian_trace():
+    net = TinyNet(3)
+    z = torch.randn(4, 3, requires_grad=True)
+    t = torch.tensor(0.3)
+    v = net(z, t)
+    div = divergence(v, z)
+    ref = torch.stack([torch.autograd.functional.jacobian(lambda u: net(u[None], t)[0], z[i].detach()).trace() for i in range(4)])
+    torch.testing.assert_close(div, ref)
+
+
+def test_bits_per_dim_offset():
+    gm, p = mixture(2), ug.FlowMatching()
+    x = gm.sample(4, generator=torch.Generator().manual_seed(0))
+    model = gm.model(p, "velocity")
+    lp = log_likelihood(model, x)
+    torch.testing.assert_close(bits_per_dim(model, x), -lp / (2 * math.log(2)) + 7.0)
+    torch.testing.assert_close(bits_per_dim(model, x, data_range=(0.0, 1.0)), -lp / (2 * math.log(2)) + 8.0)
+
+
+# ---- DDPM bound ----------------------------------------------------------------------------------
+def test_vlb_kl_term_equals_direct_gaussian_kl():
+    """1/2 (SNR_{t-1} - SNR_t) ||x - x0_hat||^2 == KL(q(z_{t-1}|z_t, x) || q(z_{t-1}|z_t, x0_hat))."""
+    p = ug.VP.discrete(DDPM_BETAS)
+    abar = p.alphas_cumprod
+    g = torch.Generator().manual_seed(0)
+    x, xh, zt = torch.randn(3, 2, generator=g), torch.randn(3, 2, generator=g), torch.randn(3, 2, generator=g)
+    for t in (2, 10, 500, 1000):  # Ho's 1-based t
+        a_t, a_s = abar[t - 1], abar[t - 2]
+        beta = DDPM_BETAS[t - 1]
+        var = beta * (1 - a_s) / (1 - a_t)
+        mean = lambda x0: a_s.sqrt() * beta / (1 - a_t) * x0 + (1 - beta).sqrt() * (1 - a_s) / (1 - a_t) * zt  # noqa: E731
+        kl_direct = (mean(x) - mean(xh)).square().sum(-1) / (2 * var)
+        snr = lambda a: a / (1 - a)  # noqa: E731
+        kl_snr = 0.5 * (snr(a_s) - snr(a_t)) * (x - xh).square().sum(-1)
+        torch.testing.assert_close(kl_snr, kl_direct, rtol=1e-10, atol=1e-12)
+
+
+def test_discrete_vlb_bounds_the_nll_and_improves_with_the_model():
+    p = ug.VP.discrete(DDPM_BETAS)
+    gm = mixture(2, seed=8)
+    x = gm.sample(64, generator=torch.Generator().manual_seed(9))
+    res = discrete_vlb(gm.model(p, "eps"), x, generator=torch.Generator().manual_seed(10))
+    assert torch.isfinite(res.total).all() and res.terms.shape == (999, 64)
+    torch.testing.assert_close(res.total, res.prior + res.terms.sum(0) + res.decoder)
+    nll = -gm.log_prob(x)
+    # a bound: E[VLB] >= NLL of the data density (the decoder makes it continuous), checked on the mean
+    gap = (res.total - nll).mean()
+    assert gap > -3 * (res.total - nll).std() / 8
+    # a worse model (means shifted) has a larger bound: the bound decreases toward the NLL as the model improves
+    worse = ug.GaussianMixture(gm.means + 0.3, gm.stds, gm.weights)
+    res_w = discrete_vlb(worse.model(p, "eps"), x, generator=torch.Generator().manual_seed(10))
+    assert res_w.total.mean() > res.total.mean() + 0.1
+    disc = discrete_vlb(gm.model(p, "x0"), x.clamp(-1, 1), decoder="discretized", generator=torch.Generator().manual_seed(10))
+    assert torch.isfinite(disc.total).all()
+
+
+# ---- bad input ------------------------------------------------------------------------------------
+def test_likelihood_errors():
+    gm, p = mixture(2), ug.VP.linear()
+    model, x = gm.model(p, "eps"), torch.randn(3, 2)
+    with pytest.raises(ValueError, match="unknown divergence 'trace'; valid names are exact, hutchinson"):
+        log_likelihood(model, x, divergence="trace")
+    with pytest.raises(ValueError, match="n_probes must be an integer >= 1"):
+        log_likelihood(model, x, divergence="hutchinson", n_probes=0)
+    with pytest.raises(ValueError, match="adjoint=True computes gradients"):
+        log_likelihood(model, x, adjoint=True)
+    with pytest.raises(ValueError, match="T must exceed t0"):
+        log_likelihood(model, x, t0=0.5, T=0.2)
+    with pytest.raises(ValueError, match=r"x must be a floating tensor of shape \[batch, ...\]"):
+        log_likelihood(model, torch.randn(3))
+    with pytest.raises(TypeError, match="model must be a unigen Model"):
+        log_likelihood(lambda z, t: z, x)
+    with pytest.raises(ValueError, match="discrete_vlb needs a VP.discrete process, got VPLinear"):
+        discrete_vlb(model, x)
+    with pytest.raises(ValueError, match="data_range must be"):
+        bits_per_dim(model, x, data_range=(1.0, 0.0))
