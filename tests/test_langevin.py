@@ -200,7 +200,8 @@ def test_pc_corrector_signal_to_noise_identity(name):
     score, xi = dyn.last.score, noise.last
     assert float(dyn.last.t) == 0.4 and dyn.nfe == 2
     ddim = ug.DDIM()
-    z_pred, _ = ddim.step(Dynamics(model, torch.float64), z, 0, grid, ddim.init(None, z, grid), None)
+    plain = Dynamics(model, torch.float64)
+    z_pred, _ = ddim.step(plain, z, 0, grid, ddim.init(plain, z, grid), None)
     coef, *_ = torch.linalg.lstsq(torch.stack([score.flatten(), xi.flatten()], 1), (z_out - z_pred).flatten()[:, None])
     delta, noise_scale = coef.flatten().tolist()
     resid = (z_out - z_pred) - delta * score - noise_scale * xi

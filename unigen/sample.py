@@ -105,7 +105,7 @@ def sample(
 
     data_dtype = z.dtype
     work = compute_dtype(data_dtype)
-    grid = Grid(process, ts, work, z.device)
+    grid = Grid(process, ts, work, z.device, model.parametrization)
     dyn = Dynamics(model, data_dtype)
     solver.check(dyn, grid)
     _check_start(model, grid)

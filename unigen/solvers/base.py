@@ -22,9 +22,9 @@ import math
 import torch
 from torch import Tensor
 
-from .._utils import IncompatibleSolverError, expand_like
+from .._utils import IncompatibleSolverError, SingularConversionError, expand_like
 from ..noise import randn_like
-from ..parametrization import Prediction, _Coefs
+from ..parametrization import Prediction, _Coefs, lin_coefs
 
 __all__ = ["Dynamics", "Grid", "Solver", "Noise", "REGISTRY", "get_solver"]
 
@@ -57,6 +57,13 @@ class Dynamics:
             out = self.model.raw(z, t)
         return Prediction(out, z, t, self.process, self.model.parametrization, coefs)
 
+    def raw(self, z: Tensor, t: Tensor) -> Tensor:
+        """One model call returning the network's own output (for steps folded into (z, out))."""
+        self.nfe += 1
+        if z.dtype != self.data_dtype:
+            return self.model.raw(z.to(self.data_dtype), t).to(z.dtype)
+        return self.model.raw(z, t)
+
     def velocity(self, z: Tensor, t: Tensor, coefs=None) -> Tensor:
         """The probability-flow ODE drift dz/dt in the process's own time."""
         return self.predict(z, t, coefs).velocity
@@ -75,7 +82,7 @@ class Grid:
     ``t`` holds 0-dim tensors in the compute dtype, for model calls.
     """
 
-    def __init__(self, process, ts: Tensor, dtype: torch.dtype, device):
+    def __init__(self, process, ts: Tensor, dtype: torch.dtype, device, parametrization: str | None = None):
         ts64 = ts.detach().to(torch.float64).cpu()
         self.process = process
         self.n = ts64.numel() - 1
@@ -92,6 +99,35 @@ class Grid:
         self._coefs = [
             _Coefs.fixed(process, self.t[i], self.alpha[i], self.sigma[i], d_alpha[i], d_sigma[i]) for i in range(self.n + 1)
         ]
+        self.parametrization = parametrization
+        if parametrization is not None:
+            self._precompute_conversions(parametrization)
+
+    def tensors(self, values: list[float]) -> list[Tensor]:
+        """0-dim tensors (compute dtype, device) for per-step coefficients, made in one pass."""
+        if not values:
+            return []
+        return list(torch.tensor(values, dtype=torch.float64).to(dtype=self.ts.dtype, device=self.ts.device).unbind(0))
+
+    def lins(self, pairs: list[tuple[float, float]]) -> list[tuple]:
+        """(cz, co) float pairs -> (cz, co, cz_t, co_t) for ``apply_lin``, tensorised in one pass."""
+        ts = self.tensors([v for pair in pairs for v in pair])
+        return [(cz, co, ts[2 * j], ts[2 * j + 1]) for j, (cz, co) in enumerate(pairs)]
+
+    def _precompute_conversions(self, param: str) -> None:
+        """x0 and eps from the model's output at every grid point, as 0-dim tensor coefficients."""
+        keys, vals = [], []
+        for i, c in enumerate(self._coefs):
+            for dst, (cx, ce) in (("x0", (1.0, 0.0)), ("eps", (0.0, 1.0))):
+                try:
+                    cz, co = lin_coefs(c, param, cx, ce)
+                except (SingularConversionError, ZeroDivisionError):
+                    continue  # e.g. eps at alpha = 0, score at sigma = 0: left to the slow path
+                keys.append((i, dst, cz, co))
+                vals += [cz, co]
+        ts = self.tensors(vals)
+        for j, (i, dst, cz, co) in enumerate(keys):
+            self._coefs[i].__dict__.setdefault("lin", {})[(param, dst)] = (cz, co, ts[2 * j], ts[2 * j + 1])
 
     def coefs(self, i: int) -> _Coefs:
         """Precomputed coefficients at grid point i (for ``Dynamics.predict``)."""
@@ -198,6 +234,14 @@ def get_solver(name_or_solver) -> Solver:
     raise ValueError(
         f"unknown solver {name_or_solver!r}; valid names are {', '.join(sorted(REGISTRY))} (or a Solver instance)"
     )
+
+
+def affine(z: Tensor, a: Tensor, terms) -> Tensor:
+    """a z + sum_j w_j m_j with 0-dim tensor coefficients: one mul and one addcmul per term."""
+    out = z * a
+    for w, m in terms:
+        out = torch.addcmul(out, w, m)
+    return out
 
 
 def bcast(c, z: Tensor):

@@ -21,9 +21,15 @@ import math
 
 import torch
 
+from ..parametrization import apply_lin, lin_coefs
 from .base import Solver
 
 __all__ = ["DDIM", "DDPM"]
+
+
+def _steps(grid) -> int:
+    """Steps that need a plan: a final step onto zero noise is ``Solver.final_step``'s."""
+    return grid.n - 1 if grid.ends_at_zero else grid.n
 
 
 def _posterior(grid, i):
@@ -46,20 +52,22 @@ class DDIM(Solver):
         self.stochastic = self.eta > 0
 
     def init(self, dyn, z, grid):
-        coefs = []
-        for i in range(grid.n):
+        """Each step folded into z_s = cz z + co out (+ c xi), with 0-dim tensor coefficients."""
+        pairs, noise_std = [], []
+        for i in range(_steps(grid)):
             a_ts, var_ts = _posterior(grid, i)
             s_t, s_s = grid.sigma[i], grid.sigma[i + 1]
             c2 = self.eta**2 * var_ts * s_s * s_s / (s_t * s_t)
             c2 = min(c2, s_s * s_s)  # eta > 1: clip as k-diffusion does (sigma_up <= sigma_next)
-            coefs.append((grid.alpha[i + 1], math.sqrt(s_s * s_s - c2), math.sqrt(c2)))
-        return coefs
+            pairs.append(lin_coefs(grid.coefs(i), dyn.model.parametrization, grid.alpha[i + 1], math.sqrt(s_s * s_s - c2)))
+            noise_std.append(math.sqrt(c2))
+        return list(zip(grid.lins(pairs), noise_std, grid.tensors(noise_std)))
 
     def step(self, dyn, z, i, grid, coefs, noise):
-        a, b, c = coefs[i]
-        z = dyn.predict(z, grid.t[i], grid.coefs(i)).combine(a, b)
+        k, c, c_t = coefs[i]
+        z = apply_lin(k, z, dyn.raw(z, grid.t[i]))
         if c > 0.0:
-            z = z + c * noise(z)
+            z = torch.addcmul(z, c_t, noise(z))
         return z, coefs
 
 
@@ -76,15 +84,18 @@ class DDPM(Solver):
         self.variance = variance
 
     def init(self, dyn, z, grid):
-        coefs = []
-        for i in range(grid.n):
+        """Each step folded into z_s = cz z + co out + std xi (posterior mean in terms of (z, out))."""
+        pairs, stds = [], []
+        for i in range(_steps(grid)):
             a_ts, var_ts = _posterior(grid, i)
             s_t2, s_s2 = grid.sigma[i] ** 2, grid.sigma[i + 1] ** 2
             var = var_ts * s_s2 / s_t2 if self.variance == "small" else var_ts
-            coefs.append((a_ts * s_s2 / s_t2, grid.alpha[i + 1] * var_ts / s_t2, math.sqrt(var)))
-        return coefs
+            x_z, x_o = lin_coefs(grid.coefs(i), dyn.model.parametrization, grid.alpha[i + 1] * var_ts / s_t2, 0.0)
+            pairs.append((a_ts * s_s2 / s_t2 + x_z, x_o))
+            stds.append(math.sqrt(var))
+        return list(zip(grid.lins(pairs), grid.tensors(stds)))
 
     def step(self, dyn, z, i, grid, coefs, noise):
-        cz, cx, std = coefs[i]
-        x0 = dyn.predict(z, grid.t[i], grid.coefs(i)).x0
-        return torch.add(cz * z, x0, alpha=cx) + std * noise(z), coefs
+        k, std = coefs[i]
+        z = apply_lin(k, z, dyn.raw(z, grid.t[i]))
+        return torch.addcmul(z, std, noise(z)), coefs

@@ -21,7 +21,7 @@ import math
 
 import numpy as np
 
-from .base import Solver
+from .base import Solver, affine
 
 __all__ = ["DEIS"]
 
@@ -68,15 +68,15 @@ class DEIS(Solver):
                 c = [math.exp(logrho[i + 1]) - math.exp(logrho[i])]
             else:
                 c = _lagrange_weights(nodes, logrho[i], logrho[i + 1])
-            plans.append((1.0 / grid.alpha[i], grid.alpha[i + 1], c))
+            # z_t = alpha_t (z_s/alpha_s + sum_j c_j eps_j), as weights on z and the stored eps
+            plans.append([grid.alpha[i + 1] / grid.alpha[i]] + [grid.alpha[i + 1] * cj for cj in c])
+        it = iter(grid.tensors([v for p in plans for v in p]))
+        plans = [[next(it) for _ in p] for p in plans]
         return {"plans": plans, "hist": []}
 
     def step(self, dyn, z, i, grid, state, noise):
-        inv_a, a_next, c = state["plans"][i]
+        a, *ws = state["plans"][i]
         hist = state["hist"]
         hist.append(dyn.predict(z, grid.t[i], grid.coefs(i)).eps)
         del hist[:-3]
-        y = z * inv_a
-        for j, cj in enumerate(c):
-            y = y + cj * hist[-1 - j]
-        return a_next * y, state
+        return affine(z, a, [(w, hist[-1 - j]) for j, w in enumerate(ws)]), state

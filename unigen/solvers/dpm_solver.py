@@ -41,10 +41,12 @@ model call), which restores third order at every step count (tests pin both beha
 
 from __future__ import annotations
 
+import math
+
 import torch
 
 from ._expint import Form, psi
-from .base import Solver
+from .base import Solver, affine
 
 __all__ = ["DPMSolver", "DPMSolverPP"]
 
@@ -104,7 +106,12 @@ class _DPMSolverBase(Solver, register=False):
                 f"{type(self).__name__} (noise form) divides by alpha, which is 0 at t={grid.times[0]:g}; "
                 "use DPMSolverPP (data form) or a smaller t_start"
             )
-        state = {"hist": [], "inter": {}}
+        state = {"hist": [], "inter": {}, "weights": {}}
+        if self.multistep:  # every multistep update as 0-dim tensor weights, made in one pass
+            n_plan = grid.n - 1 if grid.ends_at_zero else grid.n
+            plans = [self._multistep_weights(grid, i, self._order_at(i, grid.n)) for i in range(n_plan)]
+            it = iter(grid.tensors([v for A, ws in plans for v in [A, *ws]]))
+            state["weights"] = {i: (next(it), [next(it) for _ in ws]) for i, (_, ws) in enumerate(plans)}
         # intermediate points r of singlestep steps, evaluated in one vectorised pass
         plan = []
         for i in range(grid.n):
@@ -130,28 +137,31 @@ class _DPMSolverBase(Solver, register=False):
             hist.append((i, m0))
             del hist[:-3]
             if i not in state["inter"]:
-                return self._multistep(z, i, grid, hist, k), state
+                A, ws = state["weights"][i]
+                return affine(z, A, [(w, hist[-1 - j][1]) for j, w in enumerate(ws)]), state
         return self._singlestep(dyn, z, i, grid, m0, state["inter"][i], k), state
 
-    def _multistep(self, z, i, grid, hist, k):
+    def _multistep_weights(self, grid, i, k) -> tuple[float, list[float]]:
+        """z_t = A z_s + sum_j w_j m_{-j}: the multistep update with its divided differences
+        expanded into weights on the stored model values (m_0, m_-1, m_-2)."""
         h = grid.h(i)
         A, B, hh = self._ab(grid, i, grid.alpha[i + 1], grid.sigma[i + 1], h)
-        m0 = hist[-1][1]
-        if k == 1:
-            return A * z - (B * psi(1, hh)) * m0
-        r0 = grid.h(i - 1, i) / h
-        m1 = hist[-2][1]
-        if k == 2:
+        p1, p2, p3 = psi(1, hh), psi(2, hh), psi(3, hh)
+        r0 = grid.h(i - 1, i) / h if k >= 2 else math.inf
+        r1 = grid.h(i - 2, i - 1) / h if k >= 3 else math.inf
+        if math.isinf(r0):  # no usable history (warm-up, or a zero-SNR previous point)
+            return A, [-B * p1]
+        if k == 2 or math.isinf(r1):
             if self.solver_type == "taylor":
-                return A * z - B * (psi(1, hh) * m0 + (psi(2, hh) / r0) * (m0 - m1))
-            return A * z - (B * psi(1, hh)) * (m0 + (0.5 / r0) * (m0 - m1))
-        r1 = grid.h(i - 2, i - 1) / h
-        m2 = hist[-3][1]
-        d1_0 = (m0 - m1) / r0
-        d1_1 = (m1 - m2) / r1
-        d1 = d1_0 + (r0 / (r0 + r1)) * (d1_0 - d1_1)
-        d2 = (d1_0 - d1_1) / (r0 + r1)
-        return A * z - B * (psi(1, hh) * m0 + psi(2, hh) * d1 + self._d2 * psi(3, hh) * d2)
+                return A, [-B * (p1 + p2 / r0), B * p2 / r0]
+            return A, [-B * p1 * (1 + 0.5 / r0), B * p1 * 0.5 / r0]
+        # D1_0 = (m0 - m1)/r0, D1_1 = (m1 - m2)/r1; D1 = D1_0 + r0/(r0+r1)(D1_0 - D1_1), D2 = (D1_0 - D1_1)/(r0+r1)
+        d1_0 = [1 / r0, -1 / r0, 0.0]
+        diff = [1 / r0, -1 / r0 - 1 / r1, 1 / r1]
+        d1 = [x + r0 / (r0 + r1) * y for x, y in zip(d1_0, diff)]
+        d2 = [y / (r0 + r1) for y in diff]
+        e0 = [1.0, 0.0, 0.0]
+        return A, [-B * (p1 * a + p2 * b + self._d2 * p3 * c) for a, b, c in zip(e0, d1, d2)]
 
     def _singlestep(self, dyn, z, i, grid, m0, inter, k):
         h = grid.h(i)

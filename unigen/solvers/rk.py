@@ -14,7 +14,8 @@ import math
 
 import torch
 
-from .base import Solver
+from ..parametrization import lin_coefs
+from .base import Solver, affine
 
 __all__ = ["Euler", "Heun", "Midpoint", "RK4", "ButcherTableau"]
 
@@ -60,38 +61,66 @@ class _RungeKutta(Solver, register=False):
                 )
             tau = [s / a if a > 0 else math.inf for a, s in zip(grid.alpha, grid.sigma)]
         # all off-grid stage times of the run, evaluated in one vectorised pass
-        inner = [(i, k, tau[i] + c * (tau[i + 1] - tau[i])) for i in range(grid.n) for k, c in enumerate(tab.c) if c != 0.0]
+        n_plan = grid.n - 1 if grid.ends_at_zero else grid.n  # the step onto sigma = 0 is final_step's
+        inner = [(i, k, tau[i] + c * (tau[i + 1] - tau[i])) for i in range(n_plan) for k, c in enumerate(tab.c) if c != 0.0]
         vals = [v for _, _, v in inner]
         if self.clock == "sigma":
             lam = [-2.0 * math.log(v) if v > 0 else math.inf for v in vals]  # sigma/alpha = 0: clean data
             vals = p.t_from_log_snr(torch.tensor(lam, dtype=torch.float64)) if lam else []
         off = dict(zip(((i, k) for i, k, _ in inner), grid.fixed(vals)))
-        stages = []
-        for i in range(grid.n):
+        param = dyn.model.parametrization
+        plans, floats = [], []
+        for i in range(n_plan):
             coefs = [off[(i, k)] if c != 0.0 else grid.coefs(i) for k, c in enumerate(tab.c)]
-            stages.append((tau[i + 1] - tau[i], coefs, [c.alpha for c in coefs]))
-        return stages
+            stages, final = self._fold(tau[i + 1] - tau[i], coefs, grid.alpha[i + 1] if self.clock == "sigma" else 1.0, param)
+            plans.append(([c.t for c in coefs], stages, final))
+            floats += [v for a, bs in stages + [final] for v in [a] + [w for _, w in bs]]
+        # every coefficient of the run becomes a 0-dim tensor in one pass
+        it = iter(grid.tensors(floats))
+        tensor_plans = []
+        for times, stages, final in plans:
+            conv = lambda st: (next(it), [(l, next(it)) for l, _ in st[1]])  # noqa: E731
+            tensor_plans.append((times, [conv(st) for st in stages], conv(final)))
+        return tensor_plans
 
-    def _f(self, dyn, z, coefs):
-        pred = dyn.predict(z, coefs.t, coefs)
-        return pred.velocity if self.clock == "t" else pred.eps
+    def _fold(self, h, coefs, s_next, param):
+        """The step as linear maps of (z, model outputs): stage k gets z_k = A_k z + sum_l B_kl o_l.
 
-    def step(self, dyn, z, i, grid, stages, noise):
-        h, ts_k, scale_k = stages[i]
+        In the clock variable y (y = z/s with s = alpha in the sigma clock, 1 in t) the
+        derivative is f_j = p_j y_j + q_j o_j (velocity or eps in terms of the raw output), so
+        the tableau's recursion y_k = y + h sum_j a_kj f_j stays linear in (y, o_1..o_k).
+        """
         tab = self.tableau
-        sigma_clock = self.clock == "sigma"
-        y = z / grid.alpha[i] if sigma_clock else z
-        ks = []
+        scale = [c.alpha if self.clock == "sigma" else 1.0 for c in coefs]
+        pq = []
+        for c, sc in zip(coefs, scale):
+            if self.clock == "t":
+                pq.append(lin_coefs(c, param, c.d_alpha, c.d_sigma))
+            else:
+                cz, co = lin_coefs(c, param, 0.0, 1.0)
+                pq.append((cz * sc, co))
+        A, B = [], []  # y_k = A[k] y + sum_l B[k][l] o_l
+        def combine(weights):
+            a = 1.0 + h * sum(w * pq[j][0] * A[j] for j, w in enumerate(weights))
+            b = [h * sum(w * (pq[j][0] * B[j][l] + (pq[j][1] if j == l else 0.0)) for j, w in enumerate(weights)) for l in range(len(weights))]
+            return a, b
+        stages = []
         for k in range(tab.stages):
-            yk = y
-            for a, kj in zip(tab.a[k], ks):
-                if a != 0.0:
-                    yk = yk + (h * a) * kj
-            ks.append(self._f(dyn, yk * scale_k[k] if sigma_clock else yk, ts_k[k]))
-        for b, kk in zip(tab.b, ks):
-            if b != 0.0:
-                y = y + (h * b) * kk
-        return (y * grid.alpha[i + 1] if sigma_clock else y), stages
+            a, b = combine(tab.a[k])
+            A.append(a)
+            B.append(b + [0.0] * (tab.stages - len(b)))
+            stages.append((scale[k] * a / scale[0], [(l, scale[k] * w) for l, w in enumerate(b) if w != 0.0]))
+        a, b = combine(tab.b)
+        final = (s_next * a / scale[0], [(l, s_next * w) for l, w in enumerate(b) if w != 0.0])
+        return stages, final
+
+    def step(self, dyn, z, i, grid, plans, noise):
+        times, stages, (a, terms) = plans[i]
+        outs = []
+        for t_k, (a_k, terms_k) in zip(times, stages):
+            z_k = z if not terms_k else affine(z, a_k, [(w, outs[l]) for l, w in terms_k])
+            outs.append(dyn.raw(z_k, t_k))
+        return affine(z, a, [(w, outs[l]) for l, w in terms]), plans
 
 
 class Euler(_RungeKutta):

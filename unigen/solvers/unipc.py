@@ -22,7 +22,7 @@ from __future__ import annotations
 import math
 
 from ._expint import Form, psi
-from .base import Solver
+from .base import Solver, affine
 
 __all__ = ["UniPC"]
 
@@ -85,7 +85,7 @@ class UniPC(Solver):
         if not self._form.data and grid.alpha[0] == 0.0:
             raise ValueError("UniPC noise form divides by alpha, which is 0 at the grid start; use prediction='data'")
         plans = []
-        for i in range(grid.n):
+        for i in range(grid.n - 1 if grid.ends_at_zero else grid.n):  # the step onto sigma = 0 is final_step's
             k = self._order_at(i, grid.n)
             while k > 1 and math.isinf(grid.lam_dpm[i - k + 1]):
                 k -= 1  # no divided differences through a zero-SNR point (lambda = -inf)
@@ -100,28 +100,29 @@ class UniPC(Solver):
             else:
                 rho_p = _solve(rks[:-1], b[:-1])
             rho_c = [0.5] if k == 1 else _solve(rks, b)
-            plans.append((A, B * psi(1, hh), B * B_h, rks[:-1], rho_p, rho_c))
+            # expand D_m = (m_{-m} - m_0)/r_m into weights on the stored values m_0, m_-1, ...
+            c1, cB, inv = B * psi(1, hh), B * B_h, [1.0 / r for r in rks[:-1]]
+            pred_w = [-c1 + cB * sum(r * q for r, q in zip(rho_p, inv))] + [-cB * r * q for r, q in zip(rho_p, inv)]
+            corr_w = [-c1 + cB * (sum(r * q for r, q in zip(rho_c[:-1], inv)) + rho_c[-1])]
+            corr_w += [-cB * r * q for r, q in zip(rho_c[:-1], inv)] + [-cB * rho_c[-1]]
+            plans.append((A, pred_w, corr_w))
+        it = iter(grid.tensors([v for A, pw, cw in plans for v in [A, *pw, *cw]]))
+        plans = [(next(it), [next(it) for _ in pw], [next(it) for _ in cw]) for _, pw, cw in plans]
         return {"plans": plans, "hist": [], "pred": None}
 
     def step(self, dyn, z, i, grid, state, noise):
+        """Predictor z_t = A z + sum_j w_j m_-j; corrector adds the model value at the prediction."""
         pred = state["pred"] if state["pred"] is not None else dyn.predict(z, grid.t[i], grid.coefs(i))
-        m0 = self._form.target(pred)
         hist = state["hist"]
-        hist.append(m0)
+        hist.append(self._form.target(pred))
         del hist[:-3]
-        A, c1, cB, rks, rho_p, rho_c = state["plans"][i]
-        ds = [(hist[-1 - m] - m0) / rks[m - 1] for m in range(1, len(rks) + 1)]
-        base = A * z - c1 * m0
-        z_t = base
-        if rho_p:
-            z_t = z_t - cB * sum(r * d for r, d in zip(rho_p, ds))
+        A, pred_w, corr_w = state["plans"][i]
+        z_t = affine(z, A, [(w, hist[-1 - j]) for j, w in enumerate(pred_w)])
         state["pred"] = None
         if self.corrector and i < grid.n - 1:
             pred_t = dyn.predict(z_t, grid.t[i + 1], grid.coefs(i + 1))
-            corr = rho_c[-1] * (self._form.target(pred_t) - m0)
-            for r, d in zip(rho_c[:-1], ds):
-                corr = corr + r * d
-            z_t = base - cB * corr
+            terms = [(w, hist[-1 - j]) for j, w in enumerate(corr_w[:-1])] + [(corr_w[-1], self._form.target(pred_t))]
+            z_t = affine(z, A, terms)
             state["pred"] = pred_t
         return z_t, state
 
