@@ -7,6 +7,7 @@ trajectory, callbacks and the progress bar. A solver contributes only its step r
 
 from __future__ import annotations
 
+from collections import OrderedDict
 from dataclasses import dataclass, field
 
 import torch
@@ -84,7 +85,7 @@ def sample(
     process = model.process
     if schedule is None:
         schedule = default_schedule(process)
-    ts = make_grid(process, schedule, steps, t_start, t_end)
+    ts = _grid_times(process, schedule, steps, t_start, t_end)
 
     if noise is not None:
         if not isinstance(noise, Tensor) or not noise.is_floating_point():
@@ -105,10 +106,12 @@ def sample(
 
     data_dtype = z.dtype
     work = compute_dtype(data_dtype)
-    grid = Grid(process, ts, work, z.device, model.parametrization)
+    grid = _grid(process, ts, work, z.device, model.parametrization)
     dyn = Dynamics(model, data_dtype)
     solver.check(dyn, grid)
-    _check_start(model, grid)
+    if model.parametrization not in grid.checked:
+        _check_start(model, grid)
+        grid.checked.add(model.parametrization)
     noise_fn = Noise(generator)
     z = z.to(work)
     trajectory = [z] if return_trajectory else []
@@ -133,6 +136,41 @@ def sample(
         bar.close()
     info = SampleInfo(nfe=dyn.nfe, times=grid.ts, solver=repr(solver), trajectory=trajectory)
     return z.to(data_dtype), info
+
+
+# Grids are reused across calls with the same settings (sampling in a loop, benchmarks): the
+# schedule arithmetic and coefficient tables are built once. Keys hold the process object
+# itself, so a cache hit is the same process, not merely an equal id.
+_CACHE_SIZE = 16
+_TIMES: OrderedDict = OrderedDict()
+_GRIDS: OrderedDict = OrderedDict()
+
+
+def _remember(cache: OrderedDict, key, make):
+    hit = cache.get(key)
+    if hit is not None:
+        cache.move_to_end(key)
+        return hit
+    value = cache[key] = make()
+    if len(cache) > _CACHE_SIZE:
+        cache.popitem(last=False)
+    return value
+
+
+def _grid_times(process, schedule, steps, t_start, t_end) -> Tensor:
+    if isinstance(schedule, Tensor):
+        return make_grid(process, schedule, steps, t_start, t_end)
+    key = (process, schedule, steps, t_start, t_end)
+    try:
+        hash(key)
+    except TypeError:
+        return make_grid(process, schedule, steps, t_start, t_end)
+    return _remember(_TIMES, key, lambda: make_grid(process, schedule, steps, t_start, t_end))
+
+
+def _grid(process, ts: Tensor, dtype, device, parametrization) -> Grid:
+    key = (process, tuple(ts.tolist()), dtype, str(device), parametrization)
+    return _remember(_GRIDS, key, lambda: Grid(process, ts, dtype, device, parametrization))
 
 
 def _check_start(model: Model, grid: Grid) -> None:

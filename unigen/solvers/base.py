@@ -100,6 +100,7 @@ class Grid:
             _Coefs.fixed(process, self.t[i], self.alpha[i], self.sigma[i], d_alpha[i], d_sigma[i]) for i in range(self.n + 1)
         ]
         self.parametrization = parametrization
+        self.checked: set = set()  # parametrizations whose start has been validated (sample())
         if parametrization is not None:
             self._precompute_conversions(parametrization)
 
