@@ -47,6 +47,7 @@ __all__ = [
     "IncompatibleSolverError",
 ]
 
+from . import losses, train  # noqa: E402
 from .losses import loss  # noqa: E402
 
 __all__ += ["losses", "train", "loss"]

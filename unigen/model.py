@@ -86,9 +86,17 @@ class Model:
         """Evaluate without validation (used inside solver steps)."""
         return Prediction(self.raw(z, t), z, t, self.process, self.parametrization)
 
-    def raw(self, z: Tensor, t: Tensor) -> Tensor:
-        """The network output in this model's own parametrization."""
+    def raw(self, z: Tensor, t: Tensor, coefs=None) -> Tensor:
+        """The network output in this model's own parametrization.
+
+        ``coefs`` (a solver grid's precomputed coefficients at t) lets the denoiser input
+        y = z/alpha and level s = sigma/alpha come from tables instead of schedule arithmetic.
+        """
         if self.parametrization == "denoiser":
+            ve = None if coefs is None else coefs.__dict__.get("ve")
+            if ve is not None:
+                inv_alpha, level, alpha_is_one = ve
+                return self.fn(z if alpha_is_one else z * inv_alpha, self._time(level))
             alpha = self.process.alpha(t)
             return self.fn(z / expand_like(alpha, z), self._time(self.process.sigma(t) / alpha))
         return self.fn(z, self._time(t))
@@ -128,7 +136,7 @@ class _Transformed(Model):
             self.inner.process.check_t(t_in, name=f"t mapped by equal log-SNR into {type(self.inner.process).__name__}")
         return t
 
-    def raw(self, z, t):
+    def raw(self, z, t, coefs=None):
         inner = self.inner
         if self.process is inner.process:
             t_in, z_in = t, z
@@ -146,9 +154,9 @@ class _Guided(Model):
             cond = cond.to(uncond.process, uncond.parametrization)
         self.cond, self.uncond, self.scale = cond, uncond, scale
 
-    def raw(self, z, t):
-        u = self.uncond.raw(z, t)
-        return u + self.scale * (self.cond.raw(z, t) - u)
+    def raw(self, z, t, coefs=None):
+        u = self.uncond.raw(z, t, coefs)
+        return u + self.scale * (self.cond.raw(z, t, coefs) - u)
 
 
 def guided(cond: Model, uncond: Model, scale: float) -> Model:

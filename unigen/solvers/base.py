@@ -50,19 +50,14 @@ class Dynamics:
         ``coefs`` (from :meth:`Grid.coefs` or :meth:`Grid.fixed`) supplies precomputed
         alpha, sigma, alpha', sigma' so that conversions skip the schedule arithmetic.
         """
-        self.nfe += 1
-        if z.dtype != self.data_dtype:
-            out = self.model.raw(z.to(self.data_dtype), t).to(z.dtype)
-        else:
-            out = self.model.raw(z, t)
-        return Prediction(out, z, t, self.process, self.model.parametrization, coefs)
+        return Prediction(self.raw(z, t, coefs), z, t, self.process, self.model.parametrization, coefs)
 
-    def raw(self, z: Tensor, t: Tensor) -> Tensor:
+    def raw(self, z: Tensor, t: Tensor, coefs=None) -> Tensor:
         """One model call returning the network's own output (for steps folded into (z, out))."""
         self.nfe += 1
         if z.dtype != self.data_dtype:
-            return self.model.raw(z.to(self.data_dtype), t).to(z.dtype)
-        return self.model.raw(z, t)
+            return self.model.raw(z.to(self.data_dtype), t, coefs).to(z.dtype)
+        return self.model.raw(z, t, coefs)
 
     def velocity(self, z: Tensor, t: Tensor, coefs=None) -> Tensor:
         """The probability-flow ODE drift dz/dt in the process's own time."""
@@ -129,6 +124,15 @@ class Grid:
         ts = self.tensors(vals)
         for j, (i, dst, cz, co) in enumerate(keys):
             self._coefs[i].__dict__.setdefault("lin", {})[(param, dst)] = (cz, co, ts[2 * j], ts[2 * j + 1])
+        if param == "denoiser":
+            self._attach_ve(self._coefs)
+
+    def _attach_ve(self, coefs: list[_Coefs]) -> None:
+        """(1/alpha, sigma/alpha, alpha == 1) as 0-dim tensors: the denoiser's VE inputs (Model.raw)."""
+        ok = [c for c in coefs if c.alpha > 0]
+        ts = self.tensors([v for c in ok for v in (1.0 / c.alpha, c.sigma / c.alpha)])
+        for j, c in enumerate(ok):
+            c.__dict__["ve"] = (ts[2 * j], ts[2 * j + 1], c.alpha == 1.0)
 
     def coefs(self, i: int) -> _Coefs:
         """Precomputed coefficients at grid point i (for ``Dynamics.predict``)."""
@@ -142,7 +146,10 @@ class Grid:
         p = self.process
         vals = [f(t64).tolist() for f in (p.alpha, p.sigma, p.d_alpha, p.d_sigma)]
         tt = t64.to(dtype=self.ts.dtype, device=self.ts.device).unbind(0)
-        return [_Coefs.fixed(p, tt[j], *(v[j] for v in vals)) for j in range(len(tt))]
+        out = [_Coefs.fixed(p, tt[j], *(v[j] for v in vals)) for j in range(len(tt))]
+        if self.parametrization == "denoiser":
+            self._attach_ve(out)
+        return out
 
     def h(self, i: int, j: int | None = None) -> float:
         """Step in DPM-Solver's lambda from t_i to t_j (default j = i + 1); positive towards data."""

@@ -65,7 +65,7 @@ class DDIM(Solver):
 
     def step(self, dyn, z, i, grid, coefs, noise):
         k, c, c_t = coefs[i]
-        z = apply_lin(k, z, dyn.raw(z, grid.t[i]))
+        z = apply_lin(k, z, dyn.raw(z, grid.t[i], grid.coefs(i)))
         if c > 0.0:
             z = torch.addcmul(z, c_t, noise(z))
         return z, coefs
@@ -97,5 +97,5 @@ class DDPM(Solver):
 
     def step(self, dyn, z, i, grid, coefs, noise):
         k, std = coefs[i]
-        z = apply_lin(k, z, dyn.raw(z, grid.t[i]))
+        z = apply_lin(k, z, dyn.raw(z, grid.t[i], grid.coefs(i)))
         return torch.addcmul(z, std, noise(z)), coefs

@@ -73,7 +73,7 @@ class _RungeKutta(Solver, register=False):
         for i in range(n_plan):
             coefs = [off[(i, k)] if c != 0.0 else grid.coefs(i) for k, c in enumerate(tab.c)]
             stages, final = self._fold(tau[i + 1] - tau[i], coefs, grid.alpha[i + 1] if self.clock == "sigma" else 1.0, param)
-            plans.append(([c.t for c in coefs], stages, final))
+            plans.append((coefs, stages, final))
             floats += [v for a, bs in stages + [final] for v in [a] + [w for _, w in bs]]
         # every coefficient of the run becomes a 0-dim tensor in one pass
         it = iter(grid.tensors(floats))
@@ -117,9 +117,9 @@ class _RungeKutta(Solver, register=False):
     def step(self, dyn, z, i, grid, plans, noise):
         times, stages, (a, terms) = plans[i]
         outs = []
-        for t_k, (a_k, terms_k) in zip(times, stages):
+        for c_k, (a_k, terms_k) in zip(times, stages):
             z_k = z if not terms_k else affine(z, a_k, [(w, outs[l]) for l, w in terms_k])
-            outs.append(dyn.raw(z_k, t_k))
+            outs.append(dyn.raw(z_k, c_k.t, c_k))
         return affine(z, a, [(w, outs[l]) for l, w in terms]), plans
 
 
