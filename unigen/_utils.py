@@ -17,6 +17,15 @@ class IncompatibleSolverError(TypeError):
     """A solver needs a view of the model (energy, score, ...) that the model lacks."""
 
 
+def check_choice(name: str, value, allowed: tuple):
+    """Raise ``ValueError("name must be a, b or c, got value")`` unless value is one of ``allowed``."""
+    if value in allowed and not isinstance(value, bool):
+        return value
+    opts = [repr(a) for a in allowed]
+    listed = opts[0] if len(opts) == 1 else ", ".join(opts[:-1]) + " or " + opts[-1]
+    raise ValueError(f"{name} must be {listed}, got {value!r}")
+
+
 def as_time(t, like: Tensor | None = None) -> Tensor:
     """Return ``t`` as a floating tensor; python numbers take ``like``'s dtype/device.
 

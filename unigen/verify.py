@@ -256,6 +256,39 @@ def deis_is_dpm_taylor() -> float:
     return worst
 
 
+@claim("PF-ODE log-likelihood == closed-form log p_t0 of the oracle", "exact divergence, dopri5 1e-10; VP, VE, EDM, FM; 2-D", 1e-4)
+def likelihood_closed_form() -> float:
+    from .likelihood import log_likelihood
+    from .schedules import sample_range
+
+    gm, worst = oracle(), 0.0
+    x = gm.sample(8, generator=torch.Generator().manual_seed(11))
+    for p, param in ((P.VP.linear(), "eps"), (P.VE(), "x0"), (P.EDM(), "denoiser"), (P.FlowMatching(), "velocity")):
+        T = torch.tensor(sample_range(p)[0], dtype=torch.float64)
+        lp, info = log_likelihood(gm.model(p, param), x, rtol=1e-10, atol=1e-10, return_info=True,
+                                  prior=lambda z: gm.marginal_log_prob(z, T, p))
+        worst = max(worst, _max_err(lp, gm.marginal_log_prob(x, info.t0, p)))
+    return worst
+
+
+@claim("every training target is a weighted eps-MSE: loss(weighting=P) == ||P_hat - P||^2", "6 targets x 8 processes, per sample", 1e-10)
+def losses_are_weighted_eps_mse() -> float:
+    from .losses import loss, target_mse
+
+    gm, worst = oracle(), 0.0
+    g = torch.Generator().manual_seed(12)
+    x = gm.sample(16, generator=g)
+    eps = torch.randn(16, 2, generator=g, dtype=torch.float64)
+    for p in processes().values():
+        t = p.t_min + (p.t_max - p.t_min) * (0.05 + 0.9 * torch.rand(16, generator=g, dtype=torch.float64))
+        model = gm.model(p, "eps")
+        for target in ("eps", "x0", "v", "velocity", "score"):
+            a = loss(model, x, t=t, eps=eps, weighting=target, reduction="none")
+            b = target_mse(model, x, t, eps, target)
+            worst = max(worst, float(((a - b).abs() / (1 + b.abs())).max()))
+    return worst
+
+
 def convergence_slope(solver, steps=(64, 128, 256)) -> float:
     """Measured order: slope of log2(error) vs log2(steps) against the exact Gaussian flow."""
     from .sample import sample

@@ -21,6 +21,7 @@ import math
 
 import torch
 
+from .._utils import check_choice
 from ..parametrization import apply_lin, lin_coefs
 from .base import Solver
 
@@ -79,8 +80,7 @@ class DDPM(Solver):
     requires = frozenset({"x0_eps"})
 
     def __init__(self, variance: str = "small"):
-        if variance not in ("small", "large"):
-            raise ValueError(f"variance must be 'small' (beta-tilde) or 'large' (beta), got {variance!r}")
+        check_choice("variance", variance, ("small", "large"))  # beta-tilde or beta
         self.variance = variance
 
     def init(self, dyn, z, grid):

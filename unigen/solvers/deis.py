@@ -21,6 +21,7 @@ import math
 
 import numpy as np
 
+from .._utils import check_choice
 from .base import Solver, affine
 
 __all__ = ["DEIS"]
@@ -49,8 +50,7 @@ class DEIS(Solver):
     requires = frozenset({"x0_eps"})
 
     def __init__(self, order: int = 2, lower_order_final: bool = True):
-        if order not in (1, 2, 3):
-            raise ValueError(f"order must be 1, 2 or 3, got {order!r}")
+        check_choice("order", order, (1, 2, 3))
         self.order = order
         self.lower_order_final = bool(lower_order_final)
 

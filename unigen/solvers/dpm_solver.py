@@ -45,6 +45,7 @@ import math
 
 import torch
 
+from .._utils import check_choice
 from ._expint import Form, psi
 from .base import Solver, affine
 
@@ -57,12 +58,9 @@ class _DPMSolverBase(Solver, register=False):
 
     def __init__(self, order: int = 2, multistep: bool = True, lower_order_final: bool = True,
                  match_reference_3m: bool = False, warmup: str = "lower_order", solver_type: str = "midpoint"):
-        if order not in (1, 2, 3):
-            raise ValueError(f"order must be 1, 2 or 3, got {order!r}")
-        if warmup not in ("lower_order", "singlestep"):
-            raise ValueError(f"warmup must be 'lower_order' or 'singlestep', got {warmup!r}")
-        if solver_type not in ("midpoint", "taylor"):
-            raise ValueError(f"solver_type must be 'midpoint' or 'taylor', got {solver_type!r}")
+        check_choice("order", order, (1, 2, 3))
+        check_choice("warmup", warmup, ("lower_order", "singlestep"))
+        check_choice("solver_type", solver_type, ("midpoint", "taylor"))
         self.warmup = warmup
         self.solver_type = solver_type
         self.multistep = bool(multistep)

@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import math
 
+from .._utils import check_choice
 from ._expint import Form, psi
 from .base import Solver, affine
 
@@ -63,10 +64,8 @@ class UniPC(Solver):
 
     def __init__(self, order: int = 2, variant: str = "bh2", corrector: bool = True, prediction: str = "data",
                  lower_order_final: bool = True):
-        if order not in (1, 2, 3):
-            raise ValueError(f"order must be 1, 2 or 3, got {order!r}")
-        if variant not in ("bh1", "bh2"):
-            raise ValueError(f"variant must be 'bh1' or 'bh2', got {variant!r}")
+        check_choice("order", order, (1, 2, 3))
+        check_choice("variant", variant, ("bh1", "bh2"))
         self.p = order
         self.variant = variant
         self.corrector = bool(corrector)
