@@ -99,6 +99,13 @@ class Grid:
         if parametrization is not None:
             self._precompute_conversions(parametrization)
 
+    def memo(self, key, build):
+        """A solver's immutable precomputation for this grid, built once (grids are reused)."""
+        plans = self.__dict__.setdefault("_plans", {})
+        if key not in plans:
+            plans[key] = build()
+        return plans[key]
+
     def tensors(self, values: list[float]) -> list[Tensor]:
         """0-dim tensors (compute dtype, device) for per-step coefficients, made in one pass."""
         if not values:
@@ -242,6 +249,18 @@ def get_solver(name_or_solver) -> Solver:
     raise ValueError(
         f"unknown solver {name_or_solver!r}; valid names are {', '.join(sorted(REGISTRY))} (or a Solver instance)"
     )
+
+
+def cached_plan(build):
+    """Decorator: ``build(self, dyn, grid)`` returns an immutable plan (coefficient tensors,
+    stage times), memoised on the grid under the solver's configuration and the model's
+    parametrization. Sampling again with the same settings skips all schedule arithmetic."""
+
+    def plan(self, dyn, grid):
+        return grid.memo((type(self), repr(self), dyn.model.parametrization), lambda: build(self, dyn, grid))
+
+    plan.__doc__ = build.__doc__
+    return plan
 
 
 def affine(z: Tensor, a: Tensor, terms) -> Tensor:

@@ -23,7 +23,7 @@ import torch
 
 from .._utils import check_choice
 from ..parametrization import apply_lin, lin_coefs
-from .base import Solver
+from .base import Solver, cached_plan
 
 __all__ = ["DDIM", "DDPM"]
 
@@ -53,6 +53,10 @@ class DDIM(Solver):
         self.stochastic = self.eta > 0
 
     def init(self, dyn, z, grid):
+        return self._plan(dyn, grid)
+
+    @cached_plan
+    def _plan(self, dyn, grid):
         """Each step folded into z_s = cz z + co out (+ c xi), with 0-dim tensor coefficients."""
         pairs, noise_std = [], []
         for i in range(_steps(grid)):
@@ -84,6 +88,10 @@ class DDPM(Solver):
         self.variance = variance
 
     def init(self, dyn, z, grid):
+        return self._plan(dyn, grid)
+
+    @cached_plan
+    def _plan(self, dyn, grid):
         """Each step folded into z_s = cz z + co out + std xi (posterior mean in terms of (z, out))."""
         pairs, stds = [], []
         for i in range(_steps(grid)):

@@ -22,7 +22,7 @@ import math
 import numpy as np
 
 from .._utils import check_choice
-from .base import Solver, affine
+from .base import Solver, affine, cached_plan
 
 __all__ = ["DEIS"]
 
@@ -55,6 +55,10 @@ class DEIS(Solver):
         self.lower_order_final = bool(lower_order_final)
 
     def init(self, dyn, z, grid):
+        return {"plans": self._plan(dyn, grid), "hist": []}
+
+    @cached_plan
+    def _plan(self, dyn, grid):
         if grid.alpha[0] == 0.0:
             raise ValueError("DEIS works in y = z/alpha, and alpha is 0 at the grid start; pass a smaller t_start")
         logrho = [-v for v in grid.lam_dpm]
@@ -71,8 +75,7 @@ class DEIS(Solver):
             # z_t = alpha_t (z_s/alpha_s + sum_j c_j eps_j), as weights on z and the stored eps
             plans.append([grid.alpha[i + 1] / grid.alpha[i]] + [grid.alpha[i + 1] * cj for cj in c])
         it = iter(grid.tensors([v for p in plans for v in p]))
-        plans = [[next(it) for _ in p] for p in plans]
-        return {"plans": plans, "hist": []}
+        return [[next(it) for _ in p] for p in plans]
 
     def step(self, dyn, z, i, grid, state, noise):
         a, *ws = state["plans"][i]

@@ -47,7 +47,7 @@ import torch
 
 from .._utils import check_choice
 from ._expint import Form, psi
-from .base import Solver, affine
+from .base import Solver, affine, cached_plan
 
 __all__ = ["DPMSolver", "DPMSolverPP"]
 
@@ -99,12 +99,17 @@ class _DPMSolverBase(Solver, register=False):
 
     # -- precomputation --------------------------------------------------------------------
     def init(self, dyn, z, grid):
+        plan = self._plan(dyn, grid)
+        return {"hist": [], "inter": plan["inter"], "weights": plan["weights"]}
+
+    @cached_plan
+    def _plan(self, dyn, grid):
         if not self._form.data and grid.alpha[0] == 0.0:
             raise ValueError(
                 f"{type(self).__name__} (noise form) divides by alpha, which is 0 at t={grid.times[0]:g}; "
                 "use DPMSolverPP (data form) or a smaller t_start"
             )
-        state = {"hist": [], "inter": {}, "weights": {}}
+        state = {"inter": {}, "weights": {}}
         if self.multistep:  # every multistep update as 0-dim tensor weights, made in one pass
             n_plan = grid.n - 1 if grid.ends_at_zero else grid.n
             plans = [self._multistep_weights(grid, i, self._order_at(i, grid.n)) for i in range(n_plan)]

@@ -15,7 +15,7 @@ import math
 import torch
 
 from ..parametrization import lin_coefs
-from .base import Solver, affine
+from .base import Solver, affine, cached_plan
 
 __all__ = ["Euler", "Heun", "Midpoint", "RK4", "ButcherTableau"]
 
@@ -49,7 +49,11 @@ class _RungeKutta(Solver, register=False):
         return frozenset({"ode"} if self.clock == "t" else {"x0_eps"})
 
     def init(self, dyn, z, grid):
-        """Stage times (tensors), state scales and the clock's step sizes, once per run."""
+        return self._plan(dyn, grid)
+
+    @cached_plan
+    def _plan(self, dyn, grid):
+        """Stage coefficients and the folded linear maps of every step."""
         p, tab = grid.process, self.tableau
         if self.clock == "t":
             tau = grid.times

@@ -23,7 +23,7 @@ import math
 
 from .._utils import check_choice
 from ._expint import Form, psi
-from .base import Solver, affine
+from .base import Solver, affine, cached_plan
 
 __all__ = ["UniPC"]
 
@@ -81,6 +81,10 @@ class UniPC(Solver):
         return k
 
     def init(self, dyn, z, grid):
+        return {"plans": self._plan(dyn, grid), "hist": [], "pred": None}
+
+    @cached_plan
+    def _plan(self, dyn, grid):
         if not self._form.data and grid.alpha[0] == 0.0:
             raise ValueError("UniPC noise form divides by alpha, which is 0 at the grid start; use prediction='data'")
         plans = []
@@ -106,8 +110,7 @@ class UniPC(Solver):
             corr_w += [-cB * r * q for r, q in zip(rho_c[:-1], inv)] + [-cB * rho_c[-1]]
             plans.append((A, pred_w, corr_w))
         it = iter(grid.tensors([v for A, pw, cw in plans for v in [A, *pw, *cw]]))
-        plans = [(next(it), [next(it) for _ in pw], [next(it) for _ in cw]) for _, pw, cw in plans]
-        return {"plans": plans, "hist": [], "pred": None}
+        return [(next(it), [next(it) for _ in pw], [next(it) for _ in cw]) for _, pw, cw in plans]
 
     def step(self, dyn, z, i, grid, state, noise):
         """Predictor z_t = A z + sum_j w_j m_-j; corrector adds the model value at the prediction."""
