@@ -1,32 +1,33 @@
 """unigen: every Gaussian-path generative model as Process x Parametrization x Solver."""
 
-from . import analytic
+from . import analytic, solvers
 from ._utils import IncompatibleSolverError, SingularConversionError
 from .analytic import GaussianMixture
 from .model import Model, guided
 from .parametrization import PARAMETRIZATIONS, Prediction, coefficients, convert
 from .process import EDM, VE, VP, Affine, Cosine, FlowMatching, Process, SubVP, time_change
-from . import solvers
-from . import likelihood
-from .likelihood import bits_per_dim, discrete_vlb, log_likelihood
 from .sample import SampleInfo, sample
 from .schedules import SCHEDULES, make_grid
 from .solvers import *  # noqa: F401,F403  (every registered solver: ug.DDIM, ug.DPMSolverPP, ...)
+from . import likelihood, losses, train  # noqa: E402  (after solvers: they build on them)
+from .likelihood import bits_per_dim, discrete_vlb, log_likelihood
+from .losses import loss
+from . import ebm, flows, vae  # noqa: E402  (the discrete special cases, on top of the rest)
+from .ebm import EnergyModel, PersistentChains, contrastive_divergence_loss
+from .flows import ContinuousFlow, Flow
+from .vae import VAE
 
 __version__ = "0.1.0"
 
 __all__ = [
-    "likelihood",
-    "log_likelihood",
-    "bits_per_dim",
-    "discrete_vlb",
-    "solvers",
-    "sample",
-    "SampleInfo",
-    "SCHEDULES",
-    "make_grid",
-    *solvers.REGISTRY,
     "analytic",
+    "solvers",
+    "likelihood",
+    "losses",
+    "train",
+    "ebm",
+    "flows",
+    "vae",
     "GaussianMixture",
     "Model",
     "guided",
@@ -43,11 +44,21 @@ __all__ = [
     "Cosine",
     "Affine",
     "time_change",
+    "sample",
+    "SampleInfo",
+    "SCHEDULES",
+    "make_grid",
+    "log_likelihood",
+    "bits_per_dim",
+    "discrete_vlb",
+    "loss",
+    "EnergyModel",
+    "PersistentChains",
+    "contrastive_divergence_loss",
+    "Flow",
+    "ContinuousFlow",
+    "VAE",
     "SingularConversionError",
     "IncompatibleSolverError",
+    *solvers.REGISTRY,
 ]
-
-from . import losses, train  # noqa: E402
-from .losses import loss  # noqa: E402
-
-__all__ += ["losses", "train", "loss"]
