@@ -137,7 +137,7 @@ def _noise(n=16, d=2, seed=3):
 
 
 def _max_err(a, b):
-    return float((a - b).abs().max())
+    return float((a - b).detach().abs().max())
 
 
 @claim("DDIM == DPM-Solver-1 == DPM-Solver++-1 == UniP-1 == Euler(sigma clock) == DEIS-1", "VP.linear, eps, 20 logsnr steps", 1e-10)
@@ -287,6 +287,51 @@ def losses_are_weighted_eps_mse() -> float:
             b = target_mse(model, x, t, eps, target)
             worst = max(worst, float(((a - b).abs() / (1 + b.abs())).max()))
     return worst
+
+
+@claim("normalizing-flow log-determinants == autograd slogdet; inverse(forward(x)) == x", "ActNorm, InvertibleLinear, AffineCoupling (vectors and 1x1-conv images), random parameters", 1e-8)
+def bijector_logdets() -> float:
+    from . import flows
+
+    worst = 0.0
+    g = torch.Generator().manual_seed(13)
+    for image in (False, True):
+        shape = (3, 4, 2, 3) if image else (3, 4)
+        for layer in (flows.ActNorm(4), flows.InvertibleLinear(4, generator=g), flows.AffineCoupling(4, hidden=8, conv=image)):
+            layer = layer.double()
+            x = torch.randn(shape, generator=g, dtype=torch.float64)
+            layer(x)  # ActNorm's data-dependent initialisation
+            with torch.no_grad():
+                for prm in layer.parameters():
+                    prm.add_(0.3 * torch.randn(prm.shape, generator=g, dtype=prm.dtype))
+            y, logdet = layer(x)
+            d = x[0].numel()
+            jac = torch.autograd.functional.jacobian(lambda v: layer(v)[0], x).reshape(3, d, 3, d)
+            ref = torch.linalg.slogdet(torch.stack([jac[i, :, i, :] for i in range(3)]))[1]
+            worst = max(worst, _max_err(logdet, ref), _max_err(layer.inverse(y)[0], x))
+    return worst
+
+
+@claim("VAE ELBO == minus the T = 1 diffusion VLB (one-step VP.discrete)", "linear-Gaussian encoder, tanh decoder, beta_1 = 0.02, same noise", 1e-10)
+def vae_is_one_step_diffusion() -> float:
+    from .likelihood import discrete_vlb
+    from .model import Model
+    from .vae import one_step_diffusion_vae
+
+    b1, b, d = 0.02, 7, 3
+    net = lambda z, t: torch.tanh(1.3 * z) + 0.05 * t[:, None]  # noqa: E731  any x0 network
+    x = torch.randn(b, d, generator=torch.Generator().manual_seed(14), dtype=torch.float64)
+    p1 = P.VP.discrete([b1, 0.02, 0.4])  # the decoder term uses only the first step
+    c = 1.0 - (1.0 - b1) ** (1.0 / 3.0)
+    p2 = P.VP.discrete([c, c, c])  # the prior term uses only abar_T = 1 - beta_1
+    model = Model(net, p1, "x0")
+    res1 = discrete_vlb(model, x, generator=torch.Generator().manual_seed(5))
+    res2 = discrete_vlb(Model(net, p2, "x0"), x, generator=torch.Generator().manual_seed(6))
+    g = torch.Generator().manual_seed(5)  # replay discrete_vlb's draws to share its z_1 noise
+    torch.randn((2 * b, d), generator=g, dtype=torch.float64)
+    eps = torch.randn((b, d), generator=g, dtype=torch.float64)
+    terms = one_step_diffusion_vae(model).terms(x, eps=eps)
+    return _max_err(terms.elbo, -(res2.prior + res1.decoder))
 
 
 def convergence_slope(solver, steps=(64, 128, 256)) -> float:
