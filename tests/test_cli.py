@@ -46,3 +46,12 @@ def test_cli_help():
         main(["--help"])
     assert e.value.code == 0
     torch.set_default_dtype(torch.float64)
+
+
+def test_bench_quick_writes_json(tmp_path, capsys):
+    out = tmp_path / "bench.json"
+    assert main(["bench", "--quick", "--samples", "100", "--out", str(out), "--no-plot"]) == 0
+    data = json.loads(out.read_text())
+    assert data["mode"] == "quick" and data["records"]
+    assert any(r["solver"].startswith("DPMSolverPP") for r in data["records"])
+    assert "| solver |" in capsys.readouterr().out
