@@ -55,3 +55,18 @@ def test_bench_quick_writes_json(tmp_path, capsys):
     assert data["mode"] == "quick" and data["records"]
     assert any(r["solver"].startswith("DPMSolverPP") for r in data["records"])
     assert "| solver |" in capsys.readouterr().out
+
+
+def test_sample_command(tmp_path, capsys):
+    out = tmp_path / "gmm.png"
+    assert main(["sample", "--data", "gmm", "--process", "vp", "--param", "eps", "--solver", "UniPC",
+                 "--steps", "8", "--n", "200", "--out", str(out)]) == 0
+    assert out.exists() or out.with_suffix(".pt").exists()
+    assert "UniPC: 8 steps, 8 model calls, 200 samples" in capsys.readouterr().out
+    # a small trained model is cached and reused
+    args = ["sample", "--data", "moons", "--solver", "Euler", "--steps", "5", "--n", "100", "--train-steps", "30",
+            "--cache", str(tmp_path / "cache"), "--out", str(tmp_path / "moons.png")]
+    assert main(args) == 0 and "saved" in capsys.readouterr().out
+    assert main(args) == 0 and "loaded" in capsys.readouterr().out
+    assert main(["sample", "--solver", "NoSuchSolver"]) == 2
+    assert "valid names are" in capsys.readouterr().err
