@@ -230,11 +230,6 @@ class Prediction:
         self.parametrization = parametrization
         self._c = _Coefs(process, t, z) if coefs is None else coefs
 
-    def combine(self, cx, ce) -> Tensor:
-        """cx x0 + ce eps, computed straight from (z, out) in two tensor operations."""
-        cz, co = lin_coefs(self._c, self.parametrization, cx, ce)
-        return _lin(cz, self.z, co, self.out)
-
     def as_(self, name: str) -> Tensor:
         """The prediction as output type ``name`` (no singularity check: see :func:`convert`)."""
         check_parametrization(name, "name")

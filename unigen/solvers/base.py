@@ -17,12 +17,11 @@ Subclasses of :class:`Solver` register themselves by class name.
 
 from __future__ import annotations
 
-import math
 
 import torch
 from torch import Tensor
 
-from .._utils import IncompatibleSolverError, SingularConversionError, expand_like
+from .._utils import IncompatibleSolverError, SingularConversionError
 from ..noise import randn_like
 from ..parametrization import Prediction, _Coefs, lin_coefs
 
@@ -269,13 +268,3 @@ def affine(z: Tensor, a: Tensor, terms) -> Tensor:
     for w, m in terms:
         out = torch.addcmul(out, w, m)
     return out
-
-
-def bcast(c, z: Tensor):
-    """A float or a per-sample tensor, broadcast against z."""
-    return expand_like(c, z) if isinstance(c, Tensor) else c
-
-
-def expm1_ratio(h: float) -> float:
-    """(e^h - 1)/h, accurate for small h (phi_1 of exponential integrators)."""
-    return math.expm1(h) / h if h != 0 else 1.0
