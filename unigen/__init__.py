@@ -8,6 +8,8 @@ from .parametrization import PARAMETRIZATIONS, Prediction, coefficients, convert
 from .process import EDM, VE, VP, Affine, Cosine, FlowMatching, Process, SubVP, time_change
 from .sample import SampleInfo, sample
 from .schedules import SCHEDULES, make_grid
+from . import calibration  # noqa: E402
+from .calibration import optimize_schedule
 from .solvers import *  # noqa: F401,F403  (every registered solver: ug.DDIM, ug.DPMSolverPP, ...)
 from . import likelihood, losses, train  # noqa: E402  (after solvers: they build on them)
 from .likelihood import bits_per_dim, discrete_vlb, log_likelihood
@@ -48,6 +50,8 @@ __all__ = [
     "SampleInfo",
     "SCHEDULES",
     "make_grid",
+    "calibration",
+    "optimize_schedule",
     "log_likelihood",
     "bits_per_dim",
     "discrete_vlb",

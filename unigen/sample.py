@@ -59,7 +59,8 @@ def sample(
         steps: number of solver steps (grid of ``steps + 1`` times).
         schedule: ``"uniform" | "logsnr" | "karras" | "quadratic" | "leading" | "trailing" |
             "linspace"`` or a strictly decreasing tensor of times (used exactly, first to
-            last). Default: ``process.default_schedule`` ("logsnr" for diffusion, "karras"
+            last), or ``"optimized"``: a grid tuned to this model and solver on a calibration
+            batch (``unigen.calibration.optimized_grid``; computed once, then cached). Default: ``process.default_schedule`` ("logsnr" for diffusion, "karras"
             for EDM, "uniform" for flow matching / cosine).
         shape / noise: draw z ~ N(0, sigma(t_start)^2 I) of ``shape``, or start from ``noise``.
         generator: a torch.Generator or a list of one per batch item (item i then depends
@@ -85,6 +86,12 @@ def sample(
     process = model.process
     if schedule is None:
         schedule = default_schedule(process)
+    if isinstance(schedule, str) and schedule == "optimized":
+        from .calibration import optimized_grid
+
+        event = tuple(noise.shape[1:]) if isinstance(noise, Tensor) else tuple(shape or ())[1:]
+        schedule = optimized_grid(model, solver, steps, event, t_start, t_end)
+        steps = t_start = t_end = None
     ts = _grid_times(process, schedule, steps, t_start, t_end)
 
     if noise is not None:

@@ -1,0 +1,97 @@
+"""Optimised step grids (unigen.calibration): the optimiser, the grid parametrisation, the
+gain on a held-out batch against the exact PF-ODE endpoint, and schedule="optimized"."""
+
+import math
+
+import pytest
+import torch
+
+import unigen as ug
+from unigen.calibration import _along, _positions, nelder_mead, optimize_schedule, optimized_grid
+from unigen.schedules import make_grid, sample_range
+
+
+def test_nelder_mead_finds_the_minimum_of_a_rosenbrock_valley():
+    f = lambda x: (1 - x[0]) ** 2 + 100 * (x[1] - x[0] ** 2) ** 2 + (x[2] - 0.5) ** 2  # noqa: E731
+    x, fx, evals = nelder_mead(f, [-1.2, 1.0, 0.0], max_evals=3000, tol=1e-14)
+    assert fx < 1e-8 and evals <= 3000
+    assert max(abs(a - b) for a, b in zip(x, [1.0, 1.0, 0.5])) < 1e-3
+
+
+def test_nelder_mead_respects_the_budget_and_survives_infinite_values():
+    calls = []
+    f = lambda x: math.inf if x[0] < 0 else (x[0] - 2) ** 2 + x[1] ** 2  # noqa: E731
+    x, fx, evals = nelder_mead(lambda x: calls.append(1) or f(x), [1.0, 1.0], max_evals=60)
+    assert evals == len(calls) and evals <= 60 + 3  # a shrink may finish its sweep
+    assert fx < f([1.0, 1.0])
+
+
+@pytest.mark.parametrize("kind", ["vp", "fm", "ddpm"])
+def test_zero_logits_are_the_default_grid_and_any_logits_give_a_valid_grid(kind):
+    from unigen.bench.harness import _make_process
+    from unigen.schedules import default_schedule
+
+    process, _ = _make_process(kind)
+    base = default_schedule(process)
+    for steps in (1, 3, 10):
+        per = -(-4096 // steps)
+        dense = make_grid(process, base, per * steps)
+        grid = _along(dense, _positions(torch.zeros(steps, dtype=torch.float64)))
+        torch.testing.assert_close(grid, make_grid(process, base, steps), rtol=1e-12, atol=1e-12)
+        theta = torch.randn(steps, generator=torch.Generator().manual_seed(steps), dtype=torch.float64) * 3
+        g = _along(dense, _positions(theta))
+        assert (g[1:] < g[:-1]).all() and float(g[0]) == float(dense[0]) and abs(float(g[-1]) - float(dense[-1])) < 1e-12
+
+
+@pytest.fixture(scope="module")
+def problem():
+    from unigen.bench import gmm_problem
+
+    return gmm_problem(2, "vp")
+
+
+def test_optimised_grid_beats_the_default_grid_on_held_out_noise(problem):
+    """The optimised 10-step UniPC(3) grid is tuned on one batch and evaluated on another,
+    against the dopri5 endpoint of the same PF-ODE (the exact mixture model)."""
+    solver = ug.UniPC(order=3)
+    calib = problem.noise(256, torch.Generator().manual_seed(7))
+    res = optimize_schedule(problem.model, solver, 10, noise=calib, max_evals=200)
+    assert res.grid.shape == (11,) and (res.grid[1:] < res.grid[:-1]).all()
+    assert (float(res.grid[0]), float(res.grid[-1])) == sample_range(problem.process)
+    assert res.rmse < res.default_rmse and res.evaluations <= 200 + 3
+
+    z = problem.noise(400, torch.Generator().manual_seed(8))
+    ref, _ = problem.reference(z, *sample_range(problem.process))
+    err = lambda grid: float(((ug.sample(problem.model, solver, schedule=grid, noise=z)[0] - ref) ** 2).mean().sqrt())  # noqa: E731
+    default, tuned = err(res.default_grid), err(res.grid)
+    assert tuned < 0.5 * default, (tuned, default)
+
+
+def test_schedule_optimized_in_sample_is_computed_once_and_reused(problem, monkeypatch):
+    import unigen.calibration as cal
+
+    calls = []
+    real = cal.optimize_schedule
+
+    def counting(*a, **k):
+        calls.append(1)
+        return real(*a, **{**k, "max_evals": 30, "n": 64})
+
+    monkeypatch.setattr(cal, "optimize_schedule", counting)
+    z = problem.noise(8, torch.Generator().manual_seed(9))
+    x1, info = ug.sample(problem.model, "DPMSolverPP", steps=4, schedule="optimized", noise=z)
+    x2, _ = ug.sample(problem.model, "DPMSolverPP", steps=4, schedule="optimized", noise=z)
+    assert len(calls) == 1 and torch.equal(x1, x2) and info.nfe == 4
+    torch.testing.assert_close(info.times, optimized_grid(problem.model, "DPMSolverPP", 4, (2,)).to(info.times))
+
+
+def test_errors(problem):
+    z = problem.noise(4, torch.Generator().manual_seed(0))
+    with pytest.raises(ValueError, match="deterministic"):
+        optimize_schedule(problem.model, ug.DDPM(), 5, noise=z)
+    with pytest.raises(ValueError, match="positive integer"):
+        optimize_schedule(problem.model, ug.DDIM(), 0, noise=z)
+    with pytest.raises(ValueError, match="noise=|event_shape"):
+        optimize_schedule(problem.model, ug.DDIM(), 3)
+    with pytest.raises(ValueError, match="steps="):
+        ug.sample(problem.model, ug.DDIM(), schedule="optimized", noise=z)
