@@ -32,7 +32,7 @@ from torch import Tensor
 from .model import Model
 from .schedules import check_grid, default_schedule, make_grid, sample_range
 
-__all__ = ["CalibrationResult", "optimize_schedule", "optimized_grid", "nelder_mead"]
+__all__ = ["CalibrationResult", "nelder_mead", "optimize_schedule", "optimized_grid"]
 
 _DENSE = 4096  # about this many intervals in the dense default grid the positions s are read along
 _CALIBRATION_SEED = 20240601  # the calibration batch of schedule="optimized" (disjoint from user seeds)
@@ -92,7 +92,10 @@ def nelder_mead(f: Callable[[list], float], x0: list, step: float = 0.5, max_eva
                 break
             centroid = [sum(p[j] for p in simplex[:-1]) / n for j in range(n)]
             worst = simplex[-1]
-            move = lambda k: [centroid[j] + k * (worst[j] - centroid[j]) for j in range(n)]  # noqa: E731
+
+            def move(k, centroid=centroid, worst=worst):  # centroid + k (worst - centroid)
+                return [cj + k * (wj - cj) for cj, wj in zip(centroid, worst)]
+
             xr = move(-a)
             fr = F(xr)
             if fr < values[0]:
