@@ -101,3 +101,22 @@ def test_errors(problem):
         optimize_schedule(problem.model, ug.DDIM(), 3)
     with pytest.raises(ValueError, match="steps="):
         ug.sample(problem.model, ug.DDIM(), schedule="optimized", noise=z)
+
+
+def test_optimized_schedules_benchmark_smoke(tmp_path):
+    import json
+    import pathlib
+    import subprocess
+    import sys
+
+    root = pathlib.Path(__file__).resolve().parents[1]
+    out = tmp_path / "opt.json"
+    cmd = [sys.executable, str(root / "benchmarks" / "optimized_schedules.py"), "--dims", "2", "--processes", "fm",
+           "--budgets", "6", "--solvers", "UniPC(2)", "--samples", "50", "--calibration", "64", "--evals", "20",
+           "--peers", str(tmp_path / "none.json"), "--out", str(out)]
+    res = subprocess.run(cmd, capture_output=True, text=True, timeout=300)
+    assert res.returncode == 0, res.stderr[-2000:]
+    data = json.loads(out.read_text())
+    (rec,) = data["records"]
+    assert rec["nfe"] <= 6 and rec["optimized_rmse"] <= rec["default_rmse"] * 1.5
+    assert "| gmm2-fm | 6 |" in res.stdout
