@@ -137,6 +137,8 @@ def main(argv=None) -> int:
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--peers", type=pathlib.Path, default=ROOT / "benchmarks" / "results" / "peers.json")
     ap.add_argument("--out", type=pathlib.Path, default=ROOT / "benchmarks" / "results" / "optimized_schedules.json")
+    ap.add_argument("--resummarize", type=pathlib.Path, default=None,
+                    help="no runs: read the records of an earlier output and rebuild the peer comparison")
     args = ap.parse_args(argv)
     torch.set_num_threads(1)
     if args.quick:
@@ -144,8 +146,8 @@ def main(argv=None) -> int:
         args.solvers, args.samples, args.calibration, args.evals = ["UniPC(3)", "DPMSolverPP(2M)"], 300, 512, 200
 
     peers = best_peers(args.peers)
-    records = []
-    for dim in args.dims:
+    records = json.loads(args.resummarize.read_text())["records"] if args.resummarize else []
+    for dim in [] if args.resummarize else args.dims:
         for kind in args.processes:
             n_calib = args.calibration or (4096 if dim >= 16 else 2048)
             records += run_problem(gmm_problem(dim, kind), args.budgets, args.solvers, args.samples, n_calib,

@@ -32,7 +32,7 @@ from torch import Tensor
 from .model import Model
 from .schedules import check_grid, default_schedule, make_grid, sample_range
 
-__all__ = ["CalibrationResult", "nelder_mead", "optimize_schedule", "optimized_grid"]
+__all__ = ["CalibrationResult", "nelder_mead", "ode_endpoint", "optimize_schedule", "optimized_grid"]
 
 _DENSE = 4096  # about this many intervals in the dense default grid the positions s are read along
 _CALIBRATION_SEED = 20240601  # the calibration batch of schedule="optimized" (disjoint from user seeds)
@@ -166,7 +166,6 @@ def optimize_schedule(
         reference_tol: rtol = atol of the dopri5 solve that gives the target endpoints.
     """
     from .sample import sample
-    from .solvers import Adaptive
     from .solvers.base import get_solver
 
     solver = get_solver(solver)
@@ -188,8 +187,7 @@ def optimize_schedule(
         sig = float(process.sigma(torch.tensor([t0], dtype=torch.float64)))
         noise = torch.randn((n, *event_shape), generator=gen, dtype=torch.float64) * sig
     z = noise.to(torch.float64)
-    ends = torch.tensor([t0, t1], dtype=torch.float64)
-    target = _reference(model, z, ends, Adaptive("dopri5", rtol=reference_tol, atol=reference_tol))
+    target, _ = ode_endpoint(model, z, t0, t1, tol=reference_tol)
 
     def grid_of(theta: Tensor) -> Tensor:
         ts = _along(dense, _positions(theta))
@@ -245,12 +243,16 @@ def optimized_grid(model: Model, solver, steps: int | None, event_shape: tuple, 
     return memo[key]
 
 
-def _reference(model: Model, z: Tensor, ends: Tensor, solver) -> Tensor:
-    """The PF-ODE endpoint from z over ``ends``, integrated all the way even onto sigma = 0."""
-    from .solvers import Dynamics, Grid
+def ode_endpoint(model: Model, z: Tensor, t_start: float, t_end: float, tol: float = 1e-10) -> tuple[Tensor, int]:
+    """The probability-flow ODE solved accurately from z at t_start to t_end (dopri5, rtol = atol
+    = ``tol``, float64): the target of calibration and benchmarks. Unlike ``ug.sample`` it
+    integrates all the way onto sigma = 0 (the velocity is finite there) instead of jumping to
+    x0_hat in a last step. Returns (x, model evaluations)."""
+    from .solvers import Adaptive, Dynamics, Grid
 
     dyn = Dynamics(model, torch.float64)
+    ends = torch.tensor([t_start, t_end], dtype=torch.float64)
     grid = Grid(model.process, ends, torch.float64, z.device, model.parametrization)
     with torch.no_grad():
-        x, _ = solver.step(dyn, z.to(torch.float64), 0, grid, None, None)
-    return x
+        x, _ = Adaptive("dopri5", rtol=tol, atol=tol).step(dyn, z.to(torch.float64), 0, grid, None, None)
+    return x, dyn.nfe
