@@ -122,12 +122,15 @@ def test_optimized_schedules_benchmark_smoke(tmp_path):
     assert "| gmm2-fm | 6 |" in res.stdout
 
 
-@pytest.mark.parametrize("process", [ug.VP.linear(), ug.FlowMatching(), ug.EDM()], ids=["vp", "fm", "edm"])
-def test_ode_endpoint_is_the_exact_flow_map_even_onto_zero_noise(process):
+@pytest.mark.parametrize("case", ["vp", "vp-to-0", "ddpm-to-0", "fm", "edm"])
+def test_ode_endpoint_is_the_exact_flow_map_even_onto_zero_noise(case):
     from unigen.calibration import ode_endpoint
 
+    process = {"vp": ug.VP.linear(), "vp-to-0": ug.VP.linear(), "ddpm-to-0": ug.VP.discrete(torch.linspace(1e-4, 0.02, 1000)),
+               "fm": ug.FlowMatching(), "edm": ug.EDM()}[case]
     gm = ug.GaussianMixture(torch.tensor([[1.0, -2.0, 0.5]]), torch.tensor([0.7]))
     t0, t1 = sample_range(process)
+    t1 = 0.0 if case.endswith("-to-0") else t1
     z = torch.randn(16, 3, generator=torch.Generator().manual_seed(3)) * float(process.sigma(torch.tensor(t0)))
     x, nfe = ode_endpoint(gm.model(process, "eps" if process.__class__.__name__ != "FlowMatching" else "velocity"), z, t0, t1)
     torch.testing.assert_close(x, gm.exact_ode_solution(z, t0, t1, process), rtol=1e-8, atol=1e-8)
