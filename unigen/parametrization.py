@@ -46,6 +46,7 @@ _FAMILY = {"x0": "x0", "denoiser": "x0", "eps": "eps", "score": "eps"}
 
 
 def check_parametrization(name, argument: str = "parametrization") -> str:
+    """Return ``name`` if it is one of ``PARAMETRIZATIONS``, else raise ValueError listing them."""
     if not isinstance(name, str) or name not in PARAMETRIZATIONS:
         raise ValueError(f"unknown {argument} {name!r}; valid names are {', '.join(PARAMETRIZATIONS)}")
     return name

@@ -26,6 +26,8 @@ __all__ = ["Claim", "CLAIMS", "claim", "run_claims", "format_table"]
 
 @dataclass
 class Claim:
+    """One claimed equivalence: ``fn()`` returns the measured max error, PASS when <= ``tol``."""
+
     name: str
     setting: str
     tol: float
@@ -369,6 +371,7 @@ for _label, _make in [
 
 
 def run_claims(claims: list[Claim] | None = None) -> list[Result]:
+    """Measure every claim (default: all of ``CLAIMS``); a claim that raises is a FAIL with its reason."""
     results = []
     for c in CLAIMS if claims is None else claims:
         start = time.perf_counter()
@@ -383,6 +386,7 @@ def run_claims(claims: list[Claim] | None = None) -> list[Result]:
 
 
 def format_table(results: list[Result]) -> str:
+    """The aligned text table ``unigen verify`` prints: claim, setting, max error, tolerance, PASS/FAIL."""
     rows = [("claim", "setting", "max error", "tolerance", "result")]
     rows += [(r.name, r.setting, f"{r.error:.2e}", f"{r.tol:.0e}", "PASS" if r.passed else "FAIL") for r in results]
     widths = [max(len(row[i]) for row in rows) for i in range(5)]
