@@ -133,7 +133,7 @@ def main(argv=None) -> int:
     ap.add_argument("--solvers", nargs="+", default=list(SOLVERS), choices=list(SOLVERS))
     ap.add_argument("--samples", type=int, default=1000, help="held-out samples per run")
     ap.add_argument("--calibration", type=int, default=None, help="calibration batch (default 2048; 4096 for dim >= 16)")
-    ap.add_argument("--evals", type=int, default=600, help="objective evaluations per optimisation")
+    ap.add_argument("--evals", type=int, default=None, help="objective evaluations per optimisation (default 75 per step)")
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--peers", type=pathlib.Path, default=ROOT / "benchmarks" / "results" / "peers.json")
     ap.add_argument("--out", type=pathlib.Path, default=ROOT / "benchmarks" / "results" / "optimized_schedules.json")

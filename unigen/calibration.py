@@ -146,7 +146,7 @@ def optimize_schedule(
     t_start: float | None = None,
     t_end: float | None = None,
     base: str | None = None,
-    max_evals: int = 1500,
+    max_evals: int | None = None,
     reference_tol: float = 1e-9,
     generator: torch.Generator | None = None,
 ) -> CalibrationResult:
@@ -162,7 +162,8 @@ def optimize_schedule(
         t_start, t_end: the sampling range (default: ``sample_range(process)``).
         base: the schedule the positions are read along and the starting point
             (default: the process's default schedule).
-        max_evals: objective evaluations (sampling runs of the calibration batch).
+        max_evals: objective evaluations (sampling runs of the calibration batch); default
+            75 per step (Nelder-Mead needs more in more dimensions), at least 300.
         reference_tol: rtol = atol of the dopri5 solve that gives the target endpoints.
     """
     from .sample import sample
@@ -178,6 +179,7 @@ def optimize_schedule(
     t0 = float(lo_default if t_start is None else t_start)
     t1 = float(hi_default if t_end is None else t_end)
     base = base or default_schedule(process)
+    max_evals = max(300, 75 * steps) if max_evals is None else int(max_evals)
     per = -(-_DENSE // steps)  # dense intervals per default step: theta = 0 lands on dense points
     dense = make_grid(process, base, per * steps, t_start=t0, t_end=t1)
     if noise is None:
@@ -223,7 +225,7 @@ _OPTIMIZED: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
 
 def optimized_grid(model: Model, solver, steps: int | None, event_shape: tuple, t_start=None, t_end=None) -> Tensor:
     """The grid ``ug.sample(..., schedule="optimized")`` uses: :func:`optimize_schedule` with its
-    defaults (a fixed-seed calibration batch of 1024 draws, 1500 evaluations), cached per
+    defaults (a fixed-seed calibration batch of 1024 draws, 75 evaluations per step), cached per
     model, solver configuration, steps, range and event shape.
 
     The first call costs about ``max_evals`` sampling runs of the calibration batch (seconds
