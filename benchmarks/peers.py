@@ -56,7 +56,6 @@ Usage (repository root, in an environment with the peers)::
 from __future__ import annotations
 
 import argparse
-import dataclasses
 import importlib.metadata
 import inspect
 import json
@@ -509,34 +508,13 @@ def peers(quick: bool = False, K=None, D=None, ODESolver=None) -> list[Peer]:
 # ---------------------------------------------------------------------------------------
 # the sweep
 # ---------------------------------------------------------------------------------------
-_REFS: dict = {}
 
 
 def reference(problem, z: torch.Tensor, t_start: float, t_end: float) -> torch.Tensor:
-    r"""The exact PF-ODE solution from z at t_start to t_end (dopri5, rtol = atol = 1e-10), solved
-    on the flow-matching view of the same mixture.
-
-    The PF-ODE in VE variables, dx/ds = (x - D(x, s))/s with x = z/alpha, s = sigma/alpha, is the
-    same for every Gaussian path, so the VP (or DDPM-table) solution is the FM one at the
-    equal-log-SNR times with z_fm = c z (``ug.time_change``). This route is needed for runs that
-    end at sigma = 0 on VP (``Problem.reference`` fails there: VP's dsigma/dt ~ t^-1/2 makes
-    dopri5 underflow) and avoids the DDPM table's 1000 kinks (~7000 reference calls).
-    """
-    key = (problem.name, id(z), float(t_start), float(t_end))
-    hit = _REFS.get(key)
-    if hit is not None and hit[0] is z:
-        return hit[1]
-    if problem.kind == "fm":
-        x = problem.reference(z, t_start, t_end)[0]
-    else:
-        fm = ug.FlowMatching()
-        ts = torch.tensor([t_start, t_end], dtype=F64)
-        t_fm, c = ug.time_change(problem.process, fm, ts)
-        view = dataclasses.replace(problem, name=problem.name + "/fm", process=fm, kind="fm", schedule="uniform",
-                                   model=problem.mixture.model(fm, "velocity"), _refs={})
-        x = view.reference(z * c[0], float(t_fm[0]), float(t_fm[1]))[0] / c[1]
-    _REFS[key] = (z, x)
-    return x
+    """The exact PF-ODE solution from z at t_start to t_end (dopri5, rtol = atol = 1e-10):
+    ``Problem.reference``, which solves on the flow-matching view of the model
+    (``unigen.calibration.ode_endpoint``), so runs ending at sigma = 0 on VP are exact too."""
+    return problem.reference(z, t_start, t_end)[0]
 
 
 def _steps_for(peer: Peer, budget: int) -> int | None:

@@ -1,4 +1,5 @@
-"""unigen.bench: metric sanity, a tiny NFE sweep, and the nfe_quality script's quick mode."""
+"""unigen.bench: metric sanity, a tiny NFE sweep, trained problems, the NLL column, callable schedules,
+and the nfe_quality script's quick mode."""
 
 import importlib.util
 import json
@@ -10,7 +11,14 @@ import sys
 import pytest
 import torch
 
-from unigen.bench import endpoint_rmse, gmm_problem, rbf_mmd2, sliced_wasserstein2, sweep
+from unigen.bench import (
+    endpoint_rmse,
+    gmm_problem,
+    rbf_mmd2,
+    sliced_wasserstein2,
+    sweep,
+    trained_problem,
+)
 from unigen.bench.harness import SolverSpec, choose_steps
 from unigen.solvers import DDIM, DPMSolverPP, Heun
 
@@ -85,7 +93,7 @@ def test_choose_steps_respects_budget():
 def test_tiny_sweep():
     p = gmm_problem(2, "vp")
     specs = [SolverSpec("DDIM", DDIM), SolverSpec("DPMSolverPP(2)", lambda: DPMSolverPP(order=2))]
-    recs = sweep(p, specs, nfe_budgets=(4, 10), n_samples=200, seed=1)
+    recs = sweep(p, specs, nfe_budgets=(4, 10), n_samples=200, seed=1, nll_samples=0)
     ref = [r for r in recs if r["budget"] is None]
     runs = [r for r in recs if r["budget"] is not None]
     assert len(ref) == 1 and ref[0]["nfe"] > 20
@@ -112,11 +120,18 @@ def test_reference_reaches_zero_noise_for_flow_matching():
 
 def test_quick_script_writes_json(tmp_path):
     out = tmp_path / "nfe.json"
-    cmd = [sys.executable, str(ROOT / "benchmarks" / "nfe_quality.py"), "--quick", "--out", str(out)]
-    res = subprocess.run(cmd, capture_output=True, text=True, timeout=120)
+    cmd = [sys.executable, str(ROOT / "benchmarks" / "nfe_quality.py"), "--quick", "--out", str(out),
+           "--cache", str(tmp_path / "cache"), "--threads", "1"]
+    res = subprocess.run(cmd, capture_output=True, text=True, timeout=180)
     assert res.returncode == 0, res.stderr[-2000:]
     data = json.loads(out.read_text())
     assert data["mode"] == "quick" and data["records"]
+    assert {r["problem"] for r in data["records"]} == {"gmm2-vp", "gmm2-fm", "moons-fm"}  # + a tiny trained model
+    assert (tmp_path / "cache" / "moons-fm-velocity-150.pt").exists()
+    refs = [r for r in data["records"] if r["budget"] is None]
+    assert all(math.isfinite(r["nll"]) for r in refs)
+    assert all(abs(r["nll"] - r["nll_exact"]) < 1e-4 for r in refs if not r["trained"])
+    assert "| NLL torchdiffeq rk4 |" in res.stdout
     assert all(r["nfe"] <= r["budget"] for r in data["records"] if r["budget"] is not None and r["nfe"] is not None)
     assert "| DDIM |" in res.stdout
     pngs = sorted(tmp_path.glob("nfe_*.png"))
@@ -124,3 +139,116 @@ def test_quick_script_writes_json(tmp_path):
         assert pngs and all(p.stat().st_size > 1000 for p in pngs)
     else:
         assert not pngs and "matplotlib is not installed" in res.stdout
+
+
+# --- trained problems, the NLL column, callable schedules --------------------------------------
+def _closed_form_nll(p, x, t):
+    """-log p_t(x) / D straight from the mixture (independent of the harness's NLL code)."""
+    return float(-p.mixture.marginal_log_prob(x, t, p.process).mean()) / p.dim
+
+
+def test_nll_column_matches_the_closed_form_for_the_oracle():
+    p = gmm_problem(2, "vp")
+    recs = sweep(p, [], nfe_budgets=(10, 100), n_samples=64, seed=2, nll_samples=40, nll_methods=("euler", "rk4"))
+    ref = recs[0]
+    x = p.data_sets(64, 2)[0][:40]
+    exact = _closed_form_nll(p, x, 1e-3)  # VP's likelihood starts at t0 = 1e-3
+    assert ref["nll_exact"] == pytest.approx(exact, abs=1e-12)
+    assert ref["nll"] == pytest.approx(exact, abs=1e-5)  # the accurate dopri5 solve
+    rows = {(r["solver"], r["budget"]): r for r in recs[1:]}
+    assert set(rows) == {("NLL torchdiffeq euler", 10), ("NLL torchdiffeq euler", 100),
+                         ("NLL torchdiffeq rk4", 10), ("NLL torchdiffeq rk4", 100)}
+    for r in rows.values():
+        assert r["nfe"] <= r["budget"] and r["nll_err"] == pytest.approx(r["nll"] - exact, abs=1e-12)
+    rk4 = rows[("NLL torchdiffeq rk4", 100)]
+    assert rk4["nfe"] == 100 and abs(rk4["nll_err"]) < 1e-3  # close to the closed form at a large budget
+    euler = [rows[("NLL torchdiffeq euler", b)]["nll_err"] for b in (10, 100)]
+    assert abs(euler[1]) < 0.3 * abs(euler[0])  # first order: the error falls with the NFE
+    assert abs(rk4["nll_err"]) < 0.1 * abs(euler[1])
+
+
+def test_callable_schedule_is_used_by_choose_steps_and_sweep():
+    p = gmm_problem(2, "fm")
+    seen = []
+
+    def linear_grid(problem, solver, steps):  # the "uniform" grid, built by hand
+        seen.append((problem.name, type(solver).__name__, steps))
+        return torch.linspace(1.0, 0.0, steps + 1, dtype=torch.float64)
+
+    assert choose_steps(Heun(), p, linear_grid, 9) == choose_steps(Heun(), p, "uniform", 9)
+    assert ("gmm2-fm", "Heun", 1) in seen
+    specs = [SolverSpec("named", DDIM, "uniform"), SolverSpec("callable", DDIM, linear_grid)]
+    recs = sweep(p, specs, nfe_budgets=(6,), n_samples=50, seed=0, nll_samples=0)
+    named, called = recs[1], recs[2]
+    assert called["schedule"] == "linear_grid" and called["steps"] == named["steps"] == 6
+    assert called["rmse"] == pytest.approx(named["rmse"], abs=1e-12) and called["rmse"] > 1e-3
+
+    def crooked(problem, solver, steps):  # a different grid gives a different answer
+        return torch.linspace(1.0, 0.0, steps + 1, dtype=torch.float64) ** 2
+
+    other = sweep(p, [SolverSpec("crooked", DDIM, crooked)], nfe_budgets=(6,), n_samples=50, nll_samples=0)[1]
+    assert abs(other["rmse"] - named["rmse"]) > 1e-3
+
+
+def test_trained_problem_is_cached_and_shared_with_the_cli(tmp_path, capsys):
+    p = trained_problem("moons", "fm", train_steps=30, cache_dir=tmp_path)
+    assert (tmp_path / "moons-fm-velocity-30.pt").exists()  # unigen sample's checkpoint name
+    assert p.name == "moons-fm" and p.trained and p.info["train_seconds"] is not None
+    again = trained_problem("two_moons", "fm", train_steps=30, cache_dir=tmp_path)
+    assert again.info["train_seconds"] is None  # loaded, not retrained
+    z = torch.randn(8, 2, generator=_gen(0), dtype=torch.float64)
+    t = torch.full((8,), 0.5, dtype=torch.float64)
+    assert torch.equal(p.model.predict(z, t).velocity, again.model.predict(z, t).velocity)
+
+    from unigen.cli import main
+
+    assert main(["sample", "--data", "moons", "--process", "fm", "--train-steps", "30", "--cache", str(tmp_path),
+                 "--n", "10", "--steps", "2", "--out", str(tmp_path / "s.png")]) == 0
+    assert "loaded" in capsys.readouterr().out
+
+    import dataclasses
+
+    cheap = dataclasses.replace(p, ref_tol=1e-6, nll_tol=1e-4)  # a 30-step model's field is rough: keep the smoke test fast
+    recs = sweep(cheap, [SolverSpec("DDIM", DDIM)], nfe_budgets=(4,), n_samples=32, seed=0, nll_samples=8,
+                 nll_methods=("euler",))
+    ref, run, nll_row = recs
+    assert ref["trained"] and ref["nll_unit"] == "nats/dim" and "nll_exact" not in ref
+    assert math.isfinite(ref["nll"]) and ref["nfe"] > 4
+    assert run["nfe"] == 4 and math.isfinite(run["rmse"]) and run["rmse"] > 0 and run["nll"] is None
+    assert nll_row["solver"] == "NLL torchdiffeq euler" and nll_row["nll_err"] == pytest.approx(nll_row["nll"] - ref["nll"])
+    # the floor is data against data: two independent draws of the toy set
+    a, b = p.data_sets(64, 0)
+    assert a.shape == b.shape == (64, 2) and not torch.equal(a, b)
+
+
+def test_trained_digits_problem_reports_bits_per_dim(tmp_path):
+    pytest.importorskip("sklearn")
+    import dataclasses
+
+    from unigen.bench import nll
+
+    p = trained_problem("digits", "fm", train_steps=2, cache_dir=tmp_path)
+    assert (tmp_path / "digits-fm-velocity-2-holdout600.pt").exists()
+    assert p.event_shape == (1, 8, 8) and p.nll_unit == "bits/dim"
+    a, b = p.data_sets(500, 0)  # two disjoint halves of the 600 held-out images
+    assert a.shape == b.shape == (300, 1, 8, 8)
+    assert not (a[:, None] == b[None]).flatten(2).all(-1).any()
+    x = a[:3]
+    bits, nfe = nll(p, x, "euler", 2)
+    nats, _ = nll(dataclasses.replace(p, dequant=None), x, "euler", 2)
+    assert nfe == 2
+    # uniform dequantisation with bins of 1/8: bits/dim = nats/dim / ln 2 + log2(8)
+    assert torch.allclose(bits, nats / math.log(2) + 3.0, rtol=0, atol=1e-12)
+
+
+def test_problem_names_and_table_include_nll():
+    from unigen.bench import get_problem
+    from unigen.bench.report import table
+
+    assert get_problem("gmm16-fm").dim == 16
+    with pytest.raises(ValueError, match="unknown data"):
+        get_problem("nope-fm")
+    recs = sweep(gmm_problem(2, "vp"), [SolverSpec("DDIM", DDIM)], nfe_budgets=(4,), n_samples=50, nll_samples=10,
+                 nll_methods=("midpoint",), progress=True)  # a tqdm bar if tqdm is installed, else nothing
+    md = table(recs)
+    assert "closed form" in md and "| NLL torchdiffeq midpoint |" in md and "| DDIM |" in md
