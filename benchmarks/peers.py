@@ -20,7 +20,7 @@ Peers and how they are driven
   ``FlowMatchEulerDiscreteScheduler`` runs on "fm": its sigma is unigen's FM time t
   (alpha = 1 - t, sigma = t), its timestep 1000 t, and its model output ``noise - x`` is
   unigen's velocity dz/dt.
-* k-diffusion samplers (its ``sampling.py`` only, loaded as ``overhead.py`` does) on every
+* k-diffusion samplers (its ``sampling.py`` only, loaded as ``speed.py`` does) on every
   problem, with ``to_kdiffusion_denoiser(problem.model)``; k-diffusion's state is x = z/alpha
   and its sigmas the VE levels sigma/alpha of a unigen grid with the trailing 0: k-diffusion's
   own ``get_sigmas_karras`` (rho 7) between the denoiser's sigma_min and sigma_max, and the
@@ -78,7 +78,7 @@ except ImportError:  # a checkout without an installed package
     sys.path.insert(0, str(ROOT))
     import unigen as ug
 
-from overhead import load_kdiffusion
+from speed import load_kdiffusion
 
 from unigen.bench import gmm_problem
 from unigen.bench.metrics import (

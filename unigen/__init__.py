@@ -10,6 +10,7 @@ from .sample import SampleInfo, sample
 from .schedules import SCHEDULES, make_grid
 from . import calibration  # noqa: E402
 from .calibration import optimize_schedule
+from .compile import compiled_sampler
 from .solvers import *  # noqa: F401,F403  (every registered solver: ug.DDIM, ug.DPMSolverPP, ...)
 from . import likelihood, losses, train  # noqa: E402  (after solvers: they build on them)
 from .likelihood import bits_per_dim, discrete_vlb, log_likelihood
@@ -52,6 +53,7 @@ __all__ = [
     "make_grid",
     "calibration",
     "optimize_schedule",
+    "compiled_sampler",
     "log_likelihood",
     "bits_per_dim",
     "discrete_vlb",

@@ -29,7 +29,6 @@ For flow matching v = (1-t) eps - t x, which is not the velocity u = eps - x.
 
 from __future__ import annotations
 
-from functools import cached_property
 
 import torch
 from torch import Tensor
@@ -44,6 +43,21 @@ PARAMETRIZATIONS = ("eps", "x0", "v", "score", "velocity", "denoiser")
 # them is a rescaling that never needs the (x0, eps) hub, so it is never singular.
 _FAMILY = {"x0": "x0", "denoiser": "x0", "eps": "eps", "score": "eps"}
 
+
+
+class _lazy:
+    """A per-instance memo: computed on first access, then stored in the instance dict (a
+    non-data descriptor, so the stored value wins). ``functools.cached_property`` without its
+    lock, which torch.compile cannot trace on Python < 3.12 (``unigen.compile``)."""
+
+    def __init__(self, fn):
+        self.fn, self.name, self.__doc__ = fn, fn.__name__, fn.__doc__
+
+    def __get__(self, obj, owner=None):
+        if obj is None:
+            return self
+        value = obj.__dict__[self.name] = self.fn(obj)
+        return value
 
 def check_parametrization(name, argument: str = "parametrization") -> str:
     """Return ``name`` if it is one of ``PARAMETRIZATIONS``, else raise ValueError listing them."""
@@ -70,19 +84,19 @@ class _Coefs:
             c.__dict__.update(d_alpha=d_alpha, d_sigma=d_sigma)
         return c
 
-    @cached_property
+    @_lazy
     def alpha(self):
         return expand_like(self.process.alpha(self.t), self.z)
 
-    @cached_property
+    @_lazy
     def sigma(self):
         return expand_like(self.process.sigma(self.t), self.z)
 
-    @cached_property
+    @_lazy
     def d_alpha(self):
         return expand_like(self.process.d_alpha(self.t), self.z)
 
-    @cached_property
+    @_lazy
     def d_sigma(self):
         return expand_like(self.process.d_sigma(self.t), self.z)
 
@@ -242,27 +256,27 @@ class Prediction:
             return apply_lin(fast, self.z, self.out)
         return _reproject(self.out, self.z, self._c, self.parametrization, self._c, name, check=False)
 
-    @cached_property
+    @_lazy
     def x0(self) -> Tensor:
         return self._get("x0")
 
-    @cached_property
+    @_lazy
     def eps(self) -> Tensor:
         return self._get("eps")
 
-    @cached_property
+    @_lazy
     def v(self) -> Tensor:
         return self._get("v")
 
-    @cached_property
+    @_lazy
     def score(self) -> Tensor:
         return self._get("score")
 
-    @cached_property
+    @_lazy
     def velocity(self) -> Tensor:
         return self._get("velocity")
 
-    @cached_property
+    @_lazy
     def denoiser(self) -> Tensor:
         return self.x0
 

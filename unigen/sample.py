@@ -124,25 +124,43 @@ def sample(
     trajectory = [z] if return_trajectory else []
 
     bar = _progress(grid.n, progress, type(solver).__name__)
+
+    def on_step(i, z):
+        if return_trajectory:
+            trajectory.append(z)
+        if callback is not None:
+            callback(i, grid.t[i + 1], z)
+        if bar is not None:
+            bar.update(1)
+
+    hooks = return_trajectory or callback is not None or bar is not None
     with torch.set_grad_enabled(grad):
-        state = solver.init(dyn, z, grid)
-        for i in range(grid.n):
-            if grid.ends_at_zero and i == grid.n - 1:
-                z, state = solver.final_step(dyn, z, i, grid, state, noise_fn)
-            else:
-                z, state = solver.step(dyn, z, i, grid, state, noise_fn)
-            if return_trajectory:
-                trajectory.append(z)
-            if callback is not None:
-                callback(i, grid.t[i + 1], z)
-            if bar is not None:
-                bar.update(1)
+        z = integrate(solver, dyn, z, grid, noise_fn, on_step if hooks else None)
         if denoise_final:
             z = dyn.predict(z, grid.t[-1]).x0
     if bar is not None:
         bar.close()
     info = SampleInfo(nfe=dyn.nfe, times=grid.ts, solver=repr(solver), trajectory=trajectory)
     return z.to(data_dtype), info
+
+
+def integrate(solver, dyn: Dynamics, z: Tensor, grid: Grid, noise_fn: Noise, on_step=None) -> Tensor:
+    """The loop itself: ``solver.init``, then one step per grid interval, the last one onto
+    sigma = 0 by ``solver.final_step``; ``on_step(i, z)`` after every step.
+
+    Everything it touches is prepared (grid, plan, dtype), so for the fixed-step solvers it
+    is free of host syncs: ``unigen.compile`` traces it (torch.compile) or captures it (CUDA
+    graph) as is.
+    """
+    state = solver.init(dyn, z, grid)
+    for i in range(grid.n):
+        if grid.ends_at_zero and i == grid.n - 1:
+            z, state = solver.final_step(dyn, z, i, grid, state, noise_fn)
+        else:
+            z, state = solver.step(dyn, z, i, grid, state, noise_fn)
+        if on_step is not None:
+            on_step(i, z)
+    return z
 
 
 # Grids are reused across calls with the same settings (sampling in a loop, benchmarks): the
