@@ -34,29 +34,27 @@ def _noise(pb, n=16, seed=1):
     return pb.noise(n, torch.Generator().manual_seed(seed))
 
 
-def _kd():
-    if importlib.util.find_spec("k_diffusion") is None:
-        pytest.skip("k-diffusion is not installed")
-    K, why = peers.load_kdiffusion()
-    if K is None:
+def _need(module: str, load):
+    """The peer's entry point from ``load()``, or a clean skip when it is absent or unloadable
+    (find_spec, not import: k_diffusion's package __init__ needs a training stack)."""
+    if importlib.util.find_spec(module) is None:
+        pytest.skip(f"{module} is not installed")
+    obj, why = load()
+    if obj is None:
         pytest.skip(why)
-    return K
+    return obj
+
+
+def _kd():
+    return _need("k_diffusion", peers.load_kdiffusion)
 
 
 def _diffusers():
-    pytest.importorskip("diffusers")
-    D, why = peers.load_diffusers()
-    if D is None:
-        pytest.skip(why)
-    return D
+    return _need("diffusers", peers.load_diffusers)
 
 
 def _ode_solver():
-    pytest.importorskip("flow_matching")
-    S, why = peers.load_flow_matching()
-    if S is None:
-        pytest.skip(why)
-    return S
+    return _need("flow_matching", peers.load_flow_matching)
 
 
 def _peer(plist, sampler, grid_prefix=""):
