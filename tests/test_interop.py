@@ -439,3 +439,71 @@ def test_real_diffusers_tiny_unet():
         ts = torch.cat([proc.t_from_timestep(sched.timesteps.to(F64)), torch.zeros(1, dtype=F64)])
         y, _ = ug.sample(m, ug.DDIM(), schedule=ts, noise=z)
     torch.testing.assert_close(y, x, rtol=1e-5, atol=1e-5)
+
+
+def _ddim_pair(cfg, steps=8):
+    """A real DDIMScheduler whose alpha-bar table is recomputed in float64 from its own betas
+    (diffusers keeps it in float32), its from_diffusers spec and the exact model on it."""
+    diffusers = pytest.importorskip("diffusers")
+    sched = diffusers.DDIMScheduler(clip_sample=False, **cfg)
+    sched.alphas_cumprod = torch.cumprod(1.0 - sched.betas.to(F64), 0)
+    if cfg.get("rescale_betas_zero_snr"):
+        sched.alphas_cumprod[-1] = 0.0  # diffusers' rescale makes the last alpha-bar (numerically) zero
+    sched.final_alpha_cumprod = torch.tensor(1.0, dtype=F64) if sched.config.set_alpha_to_one else sched.alphas_cumprod[0]
+    sched.set_timesteps(steps)
+    spec = from_diffusers(sched)
+    return sched, spec, _mixture(d=3, seed=5).model(spec.process, spec.parametrization)
+
+
+@pytest.mark.parametrize(
+    "cfg",
+    [
+        {},  # linear betas, epsilon, leading
+        {"beta_schedule": "scaled_linear", "beta_start": 0.00085, "beta_end": 0.012, "timestep_spacing": "trailing"},
+        {"beta_schedule": "squaredcos_cap_v2", "prediction_type": "v_prediction"},
+        {"trained_betas": [float(b) for b in torch.linspace(2e-4, 0.03, 500)], "num_train_timesteps": 500,
+         "prediction_type": "sample", "timestep_spacing": "trailing"},
+        {"beta_schedule": "scaled_linear", "beta_start": 0.00085, "beta_end": 0.012, "rescale_betas_zero_snr": True,
+         "prediction_type": "v_prediction", "timestep_spacing": "trailing"},
+        {"set_alpha_to_one": False, "steps_offset": 1},
+    ],
+    ids=["linear-eps", "scaled_linear-trailing", "cosine-v", "trained-x0", "zero_snr-v", "no_alpha_one-offset"],
+)
+def test_real_diffusers_ddim_loop_equals_unigen_ddim_on_from_diffusers(cfg):
+    """from_diffusers round trip: diffusers' own DDIMScheduler loop and unigen's DDIM on the
+    returned process and parametrization, same exact model, timesteps and noise, agree to 1e-6
+    (float64). The grid is the spec's schedule name where diffusers' grid has one
+    (``steps_offset`` and ``set_alpha_to_one=False`` have none: a tensor of times instead)."""
+    sched, spec, model = _ddim_pair(cfg, steps=10)  # 10 divides N: diffusers' DDIM steps by N // steps
+    noise = torch.randn(16, 3, generator=torch.Generator().manual_seed(1), dtype=F64)
+    x = noise.clone()
+    with torch.no_grad():
+        for k in sched.timesteps:
+            out = model.predict(x, spec.process.t_from_timestep(k.to(F64))).out
+            x = sched.step(out, k, x).prev_sample
+    end = 0.0 if sched.config.set_alpha_to_one else float(spec.process.t_from_timestep(torch.tensor(0.0, dtype=F64)))
+    grid = torch.cat([spec.process.t_from_timestep(sched.timesteps.to(F64)), torch.tensor([end], dtype=F64)])
+    if sched.config.set_alpha_to_one and not sched.config.steps_offset:
+        torch.testing.assert_close(ug.make_grid(spec.process, spec.schedule, 10), grid, rtol=0, atol=1e-12)
+    y, info = ug.sample(model, ug.DDIM(), schedule=grid, noise=noise)
+    assert info.nfe == 10
+    assert float((y - x).abs().max() / x.abs().max()) <= 1e-6
+
+
+def test_real_diffusers_ddim_linspace_steps_to_t_minus_n_over_steps():
+    """Pinned peer quirk: with timestep_spacing="linspace" diffusers' DDIM steps from timestep k
+    to k - N // steps, not to the next timestep of its own list (so the loop is not DDIM on
+    one grid); each of its steps is unigen's one-step DDIM over [t(k), t(k - N // steps)]."""
+    sched, spec, model = _ddim_pair({"beta_schedule": "squaredcos_cap_v2", "prediction_type": "v_prediction",
+                                     "timestep_spacing": "linspace"})
+    x = torch.randn(16, 3, generator=torch.Generator().manual_seed(1), dtype=F64)
+    jump = sched.config.num_train_timesteps // 8
+    assert any(int(a) - int(b) != jump for a, b in zip(sched.timesteps[:-1], sched.timesteps[1:]))
+    with torch.no_grad():
+        for k in sched.timesteps[:-1]:
+            t = spec.process.t_from_timestep(k.to(F64) - torch.tensor([0.0, jump], dtype=F64))
+            out = model.predict(x, t[0]).out
+            ref = sched.step(out, k, x).prev_sample
+            got, _ = ug.sample(model, ug.DDIM(), schedule=t, noise=x)
+            assert float((got - ref).abs().max() / ref.abs().max()) <= 1e-9
+            x = ref
