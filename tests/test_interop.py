@@ -18,6 +18,7 @@ import unigen as ug
 from unigen.interop import (
     ShiftedFlowMatching,
     diffusers_betas,
+    diffusers_grid,
     diffusers_model,
     from_diffusers,
     from_kdiffusion_denoiser,
@@ -466,8 +467,10 @@ def _ddim_pair(cfg, steps=8):
         {"beta_schedule": "scaled_linear", "beta_start": 0.00085, "beta_end": 0.012, "rescale_betas_zero_snr": True,
          "prediction_type": "v_prediction", "timestep_spacing": "trailing"},
         {"set_alpha_to_one": False, "steps_offset": 1},
+        {"set_alpha_to_one": False},
     ],
-    ids=["linear-eps", "scaled_linear-trailing", "cosine-v", "trained-x0", "zero_snr-v", "no_alpha_one-offset"],
+    ids=["linear-eps", "scaled_linear-trailing", "cosine-v", "trained-x0", "zero_snr-v", "no_alpha_one-offset",
+         "no_alpha_one"],
 )
 def test_real_diffusers_ddim_loop_equals_unigen_ddim_on_from_diffusers(cfg):
     """from_diffusers round trip: diffusers' own DDIMScheduler loop and unigen's DDIM on the
@@ -483,10 +486,12 @@ def test_real_diffusers_ddim_loop_equals_unigen_ddim_on_from_diffusers(cfg):
             x = sched.step(out, k, x).prev_sample
     end = 0.0 if sched.config.set_alpha_to_one else float(spec.process.t_from_timestep(torch.tensor(0.0, dtype=F64)))
     grid = torch.cat([spec.process.t_from_timestep(sched.timesteps.to(F64)), torch.tensor([end], dtype=F64)])
+    if grid[-2] != grid[-1]:  # else diffusers' last step is zero-length and diffusers_grid drops it
+        torch.testing.assert_close(diffusers_grid(sched, 10), grid, rtol=0, atol=1e-12)
     if sched.config.set_alpha_to_one and not sched.config.steps_offset:
         torch.testing.assert_close(ug.make_grid(spec.process, spec.schedule, 10), grid, rtol=0, atol=1e-12)
-    y, info = ug.sample(model, ug.DDIM(), schedule=grid, noise=noise)
-    assert info.nfe == 10
+    y, info = ug.sample(model, ug.DDIM(), schedule=diffusers_grid(sched, 10), noise=noise)
+    assert info.nfe == (10 if grid[-2] != grid[-1] else 9)
     assert float((y - x).abs().max() / x.abs().max()) <= 1e-6
 
 
@@ -507,3 +512,15 @@ def test_real_diffusers_ddim_linspace_steps_to_t_minus_n_over_steps():
             got, _ = ug.sample(model, ug.DDIM(), schedule=t, noise=x)
             assert float((got - ref).abs().max() / ref.abs().max()) <= 1e-9
             x = ref
+
+
+def test_diffusers_grid_without_alpha_one_ending_at_timestep_zero_drops_the_zero_length_step():
+    """set_alpha_to_one=False with leading timesteps ending at 0: diffusers' last DDIM step goes
+    from alpha-bar[0] to alpha-bar[0] (the identity); the grid ends at t = 1/N instead."""
+    cfg = {"set_alpha_to_one": False, "_class_name": "DDIMScheduler"}
+    proc = from_diffusers(cfg).process
+    ts = diffusers_grid(cfg, 10)
+    assert ts.numel() == 10 and float(ts[-1]) == float(proc.t_from_timestep(torch.tensor(0.0, dtype=F64)))
+    torch.testing.assert_close(proc.timestep(ts), torch.arange(900, -1, -100, dtype=F64))
+    with pytest.raises(ValueError, match="beta-table"):
+        diffusers_grid({"_class_name": "FlowMatchEulerDiscreteScheduler"}, 10)

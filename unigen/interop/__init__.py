@@ -12,6 +12,7 @@ from .diffusers import (
     DiffusersSpec,
     ShiftedFlowMatching,
     diffusers_betas,
+    diffusers_grid,
     diffusers_model,
     from_diffusers,
 )
@@ -21,6 +22,7 @@ __all__ = [
     "DiffusersSpec",
     "ShiftedFlowMatching",
     "diffusers_betas",
+    "diffusers_grid",
     "diffusers_model",
     "from_diffusers",
     "from_kdiffusion_denoiser",

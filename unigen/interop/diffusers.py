@@ -18,8 +18,8 @@ FlowMatch*Scheduler        ``FlowMatching()`` ("velocity"); ``shift`` s != 1 giv
 diffusers itself is never imported here (the adapters only read ``.config`` and call the
 network), so this module works without diffusers installed.
 
-Not represented: ``steps_offset`` (diffusers adds it to "leading" timesteps; unigen's
-"leading" grid has no offset — pass a tensor of times for it), the FlowMatch
+``steps_offset`` and DDIM's ``set_alpha_to_one=False`` have no schedule name:
+:func:`diffusers_grid` gives the exact tensor of times for them. Not represented: the FlowMatch
 ``use_karras/exponential/beta_sigmas`` grid options (the spec's schedule stays "uniform")
 and Euler's ``alphas_cumprod[-1] = 2**-24`` patch under zero-SNR rescaling (unigen keeps
 alpha(1) = 0 exactly).
@@ -38,7 +38,7 @@ from .._utils import as_time
 from ..model import Model
 from ..process import VP, FlowMatching, Process, VPDiscrete
 
-__all__ = ["DiffusersSpec", "ShiftedFlowMatching", "diffusers_betas", "diffusers_model", "from_diffusers"]
+__all__ = ["DiffusersSpec", "ShiftedFlowMatching", "diffusers_betas", "diffusers_grid", "diffusers_model", "from_diffusers"]
 
 BETA_SCHEDULES = ("linear", "scaled_linear", "squaredcos_cap_v2", "sigmoid")
 PREDICTION_TYPES = {"epsilon": "eps", "sample": "x0", "v_prediction": "v"}
@@ -185,6 +185,37 @@ def from_diffusers(scheduler_or_config, *, shift: float | None = None) -> Diffus
         spacing = "karras"
     process = VP.discrete(diffusers_betas(cfg), rescale_zero_terminal_snr=bool(cfg.get("rescale_betas_zero_snr", False)))
     return DiffusersSpec(process, pred, spacing, n)
+
+
+def diffusers_grid(scheduler_or_config, steps: int) -> Tensor:
+    """The exact time grid (float64, ``steps + 1`` points) of a beta-table scheduler's
+    ``set_timesteps(steps)``, as a tensor for ``ug.sample(..., schedule=...)``.
+
+    The spacing's timesteps (:func:`unigen.schedules.make_grid`), plus ``steps_offset`` for
+    "leading" (as diffusers adds it), mapped by ``t_from_timestep``; the last step lands on
+    the clean point t = 0, or, with DDIM's ``set_alpha_to_one=False``, on alpha-bar[0]
+    (t = 1/N; when the last timestep is already 0, diffusers' final step is zero-length and
+    the grid ends there, one model call fewer, same samples).
+    """
+    from ..schedules import check_grid, make_grid
+
+    cfg, _ = _config_and_name(scheduler_or_config)
+    spec = from_diffusers(scheduler_or_config)
+    if not isinstance(spec.process, VPDiscrete) or spec.schedule == "karras":
+        raise ValueError("diffusers_grid is for beta-table schedulers with leading/trailing/linspace spacing")
+    proc = spec.process
+    ts = make_grid(proc, spec.schedule, steps)
+    offset = int(cfg.get("steps_offset", 0) or 0)
+    if offset and spec.schedule == "leading":
+        ts = torch.cat([proc.t_from_timestep(proc.timestep(ts[:-1]) + offset), ts[-1:]])
+    if not cfg.get("set_alpha_to_one", True):
+        first = proc.t_from_timestep(torch.zeros(1, dtype=torch.float64))
+        # a last model timestep of 0 makes diffusers' final DDIM step zero-length (the identity,
+        # at the cost of one call): the grid then simply ends there
+        ts = ts[:-1] if float(ts[-2]) == float(first) else torch.cat([ts[:-1], first])
+        if ts.numel() < 2:
+            raise ValueError("with set_alpha_to_one=False and one step the grid has no interval")
+    return check_grid(ts, proc)
 
 
 # ---------------------------------------------------------------------------------------
