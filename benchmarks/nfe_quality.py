@@ -40,7 +40,7 @@ if str(ROOT) not in sys.path:
 
 import torch  # noqa: E402
 
-from unigen.bench import default_solvers, quick_solvers  # noqa: E402
+from unigen.bench import default_solvers, optimized, quick_solvers  # noqa: E402
 from unigen.bench.harness import DEFAULT_BUDGETS, PROCESS_KINDS  # noqa: E402
 from unigen.bench.report import run  # noqa: E402
 
@@ -65,6 +65,9 @@ def main(argv=None) -> int:
     ap.add_argument("--nll-samples", type=int, default=None, help="held-out points for the NLL column (0: none)")
     ap.add_argument("--solvers", nargs="+", default=None, help="labels of default_solvers() to keep")
     ap.add_argument("--all-solvers", action="store_true", help="no reduced solver list for 64-D and digits")
+    ap.add_argument("--optimized", nargs="*", default=None, metavar="LABEL",
+                    help="also run these solvers (labels; default UniPC(3)) on grids optimised per problem and "
+                         "NFE by unigen.optimize_schedule (seconds to minutes per grid)")
     ap.add_argument("--train-steps", type=int, default=None, help="training steps of the trained problems")
     ap.add_argument("--cache", default="~/.cache/unigen", help="directory of trained models (shared with unigen sample)")
     ap.add_argument("--seed", type=int, default=0)
@@ -88,8 +91,16 @@ def main(argv=None) -> int:
         budgets, n = args.budgets or list(DEFAULT_BUDGETS), args.samples or 1000
         specs, nll_n = default_solvers(), 100 if args.nll_samples is None else args.nll_samples
         extra, train_steps = TRAINED, args.train_steps
+    if args.optimized is not None:
+        wanted = args.optimized or ["UniPC(3)"]
+        pool = {s.label: s for s in default_solvers()}
+        unknown = [w for w in wanted if w not in pool]
+        if unknown:
+            ap.error(f"unknown solver labels {unknown}; valid: {', '.join(pool)}")
     if args.solvers:
         specs = [s for s in specs if s.label in args.solvers]
+    if args.optimized is not None:
+        specs = specs + [optimized(pool[w]) for w in wanted]
     problems = args.problems
     if problems is None:
         problems = [f"gmm{d}-{k}" for d in dims for k in kinds] + (extra if args.dims is None and args.processes is None else [])

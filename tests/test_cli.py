@@ -57,6 +57,14 @@ def test_bench_quick_writes_json(tmp_path, capsys):
     assert "| solver |" in capsys.readouterr().out
 
 
+def test_bench_quick_optimized_adds_the_calibrated_solver(tmp_path):
+    out = tmp_path / "bench.json"
+    assert main(["bench", "--quick", "--optimized", "--samples", "100", "--out", str(out), "--no-plot"]) == 0
+    recs = [r for r in json.loads(out.read_text())["records"] if r.get("budget") == 10 and r["problem"] == "gmm2-vp"]
+    rmse = {r["solver"]: r["rmse"] for r in recs}
+    assert rmse["UniPC(3), optimized"] <= 1.2 * rmse["UniPC(3)"]  # tuned on other noise; not worse
+
+
 def test_sample_command(tmp_path, capsys):
     out = tmp_path / "gmm.png"
     assert main(["sample", "--data", "gmm", "--process", "vp", "--param", "eps", "--solver", "UniPC",

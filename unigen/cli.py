@@ -55,6 +55,7 @@ examples:
   unigen bench --quick                     # 2-D problems, five solvers, well under a minute
   unigen bench --quick --samples 100 --no-plot --out /tmp/bench.json
   unigen bench --out results/bench.json    # the full sweep (every solver, 2-D and 16-D)
+  unigen bench --quick --optimized         # plus UniPC(3) on grids optimised per problem and NFE
 """
 
 # diffusers' leading/trailing/linspace spacings need a VP.discrete table, which no --process here is
@@ -147,7 +148,7 @@ def _verify(args) -> int:
 def _bench(args) -> int:
     import pathlib
 
-    from .bench import default_solvers, quick_solvers
+    from .bench import default_solvers, optimized, quick_solvers
     from .bench.report import run
 
     if args.quick:
@@ -155,6 +156,9 @@ def _bench(args) -> int:
     else:
         dims, kinds, budgets = [2, 16], ["vp", "fm", "ddpm"], [4, 6, 8, 10, 15, 20, 50, 100]
         n, specs = args.samples or 1000, default_solvers()
+    if args.optimized:  # UniPC(3) on grids optimised per problem and NFE (calibration batch of 512)
+        unipc = next(s for s in default_solvers() if s.label == "UniPC(3)")
+        specs = specs + [optimized(unipc, n_calibration=512, max_evals=40 if args.quick else None)]
     kw = {}
     if "progress" in inspect.signature(run).parameters:  # the harness reports progress itself
         kw["progress"] = _show_progress(args)
@@ -338,6 +342,9 @@ def build_parser() -> argparse.ArgumentParser:
     b.add_argument("--samples", type=_positive_int, default=None, help="samples per run (default 400 quick, 1000 full)")
     b.add_argument("--seed", type=int, default=0, help="seed of the noise, the exact sets and stochastic solvers")
     b.add_argument("--no-plot", action="store_true", help="skip the matplotlib plots")
+    b.add_argument("--optimized", action="store_true",
+                   help="add UniPC(3) on grids optimised per problem and NFE (unigen.optimize_schedule); "
+                        "with --quick a short optimisation (40 evaluations), else minutes per problem")
     b.set_defaults(func=_bench)
     return parser
 

@@ -65,6 +65,7 @@ __all__ = [
     "gmm_problem",
     "item_generators",
     "nll",
+    "optimized",
     "quick_solvers",
     "sweep",
     "trained_problem",
@@ -327,6 +328,22 @@ def default_solvers() -> list[SolverSpec]:
     ]
 
 
+CALIBRATION_SEED = 777_777  # the calibration noise of optimised grids, disjoint from the sweep's seeds
+
+
+def optimized(spec: SolverSpec, n_calibration: int = 1024, max_evals: int | None = None) -> SolverSpec:
+    """``spec`` with its grid optimised per (problem, step count) by :func:`unigen.optimize_schedule`
+    on ``n_calibration`` draws of the problem's noise under their own seed (disjoint from the
+    sweep's noise); labelled "<label>, optimized". Deterministic solvers only."""
+    from ..calibration import optimize_schedule
+
+    def optimized_grid(problem, solver, steps):
+        calib = problem.noise(n_calibration, torch.Generator().manual_seed(CALIBRATION_SEED))
+        return optimize_schedule(problem.model, solver, steps, noise=calib, max_evals=max_evals).grid
+
+    return SolverSpec(f"{spec.label}, optimized", spec.make, optimized_grid, spec.kinds)
+
+
 def quick_solvers() -> list[SolverSpec]:
     """A handful: first order, Heun, the multistep exponential integrators, one SDE."""
     S = REGISTRY
@@ -343,7 +360,9 @@ def choose_steps(solver, problem: Problem, schedule, budget: int) -> int | None:
     """The largest step count whose ``solver.expected_nfe`` is <= budget (None: none fits)."""
     best = None
     for steps in range(1, int(budget) + 1):
-        ts = problem.grid(schedule, steps, solver)
+        # a callable grid (e.g. an optimised one) keeps the sampling range: its end decides the
+        # NFE, so the problem's default grid stands in for it rather than computing it per count
+        ts = problem.grid(problem.schedule if callable(schedule) else schedule, steps, solver)
         ends_at_zero = float(problem.process.sigma(ts[-1:])) == 0.0
         e = solver.expected_nfe(steps, ends_at_zero)
         if e is None:
