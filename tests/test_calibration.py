@@ -135,3 +135,23 @@ def test_ode_endpoint_is_the_exact_flow_map_even_onto_zero_noise(case):
     x, nfe = ode_endpoint(gm.model(process, "eps" if process.__class__.__name__ != "FlowMatching" else "velocity"), z, t0, t1)
     torch.testing.assert_close(x, gm.exact_ode_solution(z, t0, t1, process), rtol=1e-8, atol=1e-8)
     assert nfe > 10
+
+
+def test_a_float32_model_is_calibrated_in_float32():
+    """The calibration batch's dtype is what the model sees (a float32 network would reject
+    float64); the reference solve runs in it with a tolerance the dtype can reach."""
+    gm = ug.GaussianMixture(torch.tensor([[-2.0, 0.0], [2.0, 0.0]], dtype=torch.float32),
+                            torch.tensor([0.4, 0.4], dtype=torch.float32))
+    seen = set()
+    exact = gm.model(ug.VP.linear(), "eps")
+
+    def net(z, t):
+        seen.add(z.dtype)
+        return exact.predict(z, t).out
+
+    model = ug.Model(net, ug.VP.linear(), "eps")
+    calib = torch.randn(128, 2, generator=torch.Generator().manual_seed(1), dtype=torch.float32)
+    res = optimize_schedule(model, ug.DPMSolverPP(2), 5, noise=calib, max_evals=40)
+    assert seen == {torch.float32} and math.isfinite(res.rmse) and res.rmse <= res.default_rmse
+    x, _ = ug.sample(model, ug.DPMSolverPP(2), steps=5, schedule="optimized", shape=(4, 2), dtype=torch.float32)
+    assert x.dtype == torch.float32 and seen == {torch.float32}

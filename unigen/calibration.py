@@ -149,6 +149,7 @@ def optimize_schedule(
     max_evals: int | None = None,
     reference_tol: float = 1e-9,
     generator: torch.Generator | None = None,
+    dtype: torch.dtype = torch.float64,
 ) -> CalibrationResult:
     """Optimise the N-step grid of a deterministic ``solver`` for ``model`` (see module docs).
 
@@ -157,8 +158,10 @@ def optimize_schedule(
         solver: a deterministic Solver instance, class or registered name.
         steps: N, the number of solver steps (N + 1 grid points).
         noise: the calibration batch z ~ p_{t_start}; use noise disjoint from any batch you
-            evaluate on. Default: ``n`` draws of shape ``(n, *event_shape)`` from ``generator``
-            (seeded if None), scaled to sigma(t_start).
+            evaluate on; its dtype is what the model is fed (float64 where the model allows:
+            the objective compares against a tight reference). Default: ``n`` draws of shape
+            ``(n, *event_shape)`` and ``dtype`` from ``generator`` (seeded if None), scaled to
+            sigma(t_start).
         t_start, t_end: the sampling range (default: ``sample_range(process)``).
         base: the schedule the positions are read along and the starting point
             (default: the process's default schedule).
@@ -187,8 +190,10 @@ def optimize_schedule(
             raise ValueError("pass noise= (the calibration batch) or event_shape=")
         gen = generator if generator is not None else torch.Generator().manual_seed(_CALIBRATION_SEED)
         sig = float(process.sigma(torch.tensor([t0], dtype=torch.float64)))
-        noise = torch.randn((n, *event_shape), generator=gen, dtype=torch.float64) * sig
-    z = noise.to(torch.float64)
+        noise = (torch.randn((n, *event_shape), generator=gen, dtype=torch.float64) * sig).to(dtype)
+    if not isinstance(noise, Tensor) or not noise.is_floating_point():
+        raise TypeError("noise must be a floating tensor (the calibration batch)")
+    z = noise
     target, _ = ode_endpoint(model, z, t0, t1, tol=reference_tol)
 
     def grid_of(theta: Tensor) -> Tensor:
@@ -203,7 +208,7 @@ def optimize_schedule(
             x, _ = sample(model, solver, schedule=ts, noise=z)
         except (ValueError, RuntimeError):  # e.g. a noise-form solver dividing by alpha = 0
             return math.inf
-        return float(((x - target) ** 2).mean())
+        return float(((x.to(torch.float64) - target.to(torch.float64)) ** 2).mean())
 
     def objective(theta: list) -> float:
         err = mse(grid_of(torch.tensor(theta, dtype=torch.float64)))
@@ -212,7 +217,7 @@ def optimize_schedule(
     theta0 = [0.0] * steps
     default_grid = grid_of(torch.tensor(theta0, dtype=torch.float64))
     best, best_f, evals = nelder_mead(objective, theta0, max_evals=max_evals)
-    if not math.isfinite(best_f):
+    if best_f == math.inf:
         raise ValueError(f"{type(solver).__name__} fails on every grid tried over this range")
     grid = check_grid(grid_of(torch.tensor(best, dtype=torch.float64)), process)
     return CalibrationResult(grid, default_grid, math.sqrt(mse(grid)), math.sqrt(mse(default_grid)), evals)
@@ -223,7 +228,8 @@ def optimize_schedule(
 _OPTIMIZED: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
 
 
-def optimized_grid(model: Model, solver, steps: int | None, event_shape: tuple, t_start=None, t_end=None) -> Tensor:
+def optimized_grid(model: Model, solver, steps: int | None, event_shape: tuple, t_start=None, t_end=None,
+                   dtype: torch.dtype = torch.float64) -> Tensor:
     """The grid ``ug.sample(..., schedule="optimized")`` uses: :func:`optimize_schedule` with its
     defaults (a fixed-seed calibration batch of 1024 draws, 75 evaluations per step), cached per
     model, solver configuration, steps, range and event shape.
@@ -237,17 +243,18 @@ def optimized_grid(model: Model, solver, steps: int | None, event_shape: tuple, 
     if steps is None:
         raise ValueError('schedule="optimized" needs steps=')
     solver = get_solver(solver)
-    key = (type(solver), repr(solver), int(steps), t_start, t_end, tuple(event_shape))
+    key = (type(solver), repr(solver), int(steps), t_start, t_end, tuple(event_shape), dtype)
     memo = _OPTIMIZED.setdefault(model, {})
     if key not in memo:
         memo[key] = optimize_schedule(model, solver, steps, event_shape=tuple(event_shape),
-                                      t_start=t_start, t_end=t_end).grid
+                                      t_start=t_start, t_end=t_end, dtype=dtype).grid
     return memo[key]
 
 
 def ode_endpoint(model: Model, z: Tensor, t_start: float, t_end: float, tol: float = 1e-10) -> tuple[Tensor, int]:
     r"""The probability-flow ODE solved accurately from z at t_start to t_end (dopri5, rtol = atol
-    = ``tol``, float64): the target of calibration and of the benchmarks' endpoint RMSE.
+    = ``tol``, in z's dtype: pass float64 for a reference): the target of calibration and of
+    the benchmarks' endpoint RMSE.
 
     The PF-ODE in VE variables, dx/ds = (x - D(x, s)) / s with x = z / alpha and s = sigma / alpha,
     is the same for every Gaussian path, so any model is solved on its flow-matching view
@@ -257,6 +264,7 @@ def ode_endpoint(model: Model, z: Tensor, t_start: float, t_end: float, tol: flo
     vanish. Unlike ``ug.sample`` it integrates all the way onto sigma = 0 instead of jumping
     to x0_hat in a last step. Returns (x, model evaluations).
     """
+    from ._utils import compute_dtype
     from .process import FlowMatching, time_change
     from .solvers import Adaptive, Dynamics, Grid
 
@@ -266,8 +274,10 @@ def ode_endpoint(model: Model, z: Tensor, t_start: float, t_end: float, tol: flo
         fm = FlowMatching()
         ends, scale = time_change(model.process, fm, ends)
         model = model.to(fm, "velocity")
-    dyn = Dynamics(model, torch.float64)
-    grid = Grid(model.process, ends.to(torch.float64), torch.float64, z.device, model.parametrization)
+    work = compute_dtype(z.dtype)  # z's dtype is the model's input dtype (float64 for a reference)
+    tol = max(tol, 10 * torch.finfo(work).eps)
+    dyn = Dynamics(model, z.dtype)
+    grid = Grid(model.process, ends.to(torch.float64), work, z.device, model.parametrization)
     with torch.no_grad():
-        x, _ = Adaptive("dopri5", rtol=tol, atol=tol).step(dyn, z.to(torch.float64) * float(scale[0]), 0, grid, None, None)
-    return x / float(scale[1]), dyn.nfe
+        x, _ = Adaptive("dopri5", rtol=tol, atol=tol).step(dyn, z.to(work) * float(scale[0]), 0, grid, None, None)
+    return (x / float(scale[1])).to(z.dtype), dyn.nfe

@@ -90,7 +90,8 @@ def sample(
         from .calibration import optimized_grid
 
         event = tuple(noise.shape[1:]) if isinstance(noise, Tensor) else tuple(shape or ())[1:]
-        schedule = optimized_grid(model, solver, steps, event, t_start, t_end)
+        data = noise.dtype if isinstance(noise, Tensor) else (dtype or torch.get_default_dtype())
+        schedule = optimized_grid(model, solver, steps, event, t_start, t_end, data)
         steps = t_start = t_end = None
     ts = _grid_times(process, schedule, steps, t_start, t_end)
 
