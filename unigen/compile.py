@@ -34,7 +34,7 @@ from torch import Tensor
 
 from ._utils import compute_dtype
 from .model import Model
-from .sample import _check_start, _grid, _grid_times, integrate
+from .sample import _grid_times, integrate, prepared_grid
 from .schedules import default_schedule
 from .solvers.base import Dynamics, Noise, get_solver
 
@@ -154,11 +154,7 @@ def compiled_sampler(
     process = model.process
     ts = _grid_times(process, default_schedule(process) if schedule is None else schedule, steps, t_start, t_end)
     work = compute_dtype(dtype)
-    grid = _grid(process, ts, work, device, model.parametrization)
-    solver.check(Dynamics(model, dtype), grid)
-    if model.parametrization not in grid.checked:
-        _check_start(model, grid)
-        grid.checked.add(model.parametrization)
+    grid = prepared_grid(model, solver, ts, dtype, device)
     noise_fn = Noise(None)
     # build the solver's plan now, eagerly: traced, its coefficient tensors would become graph values
     solver.init(Dynamics(model, dtype), torch.zeros(shape, dtype=work, device=device), grid)

@@ -114,12 +114,8 @@ def sample(
 
     data_dtype = z.dtype
     work = compute_dtype(data_dtype)
-    grid = _grid(process, ts, work, z.device, model.parametrization)
+    grid = prepared_grid(model, solver, ts, data_dtype, z.device)
     dyn = Dynamics(model, data_dtype)
-    solver.check(dyn, grid)
-    if model.parametrization not in grid.checked:
-        _check_start(model, grid)
-        grid.checked.add(model.parametrization)
     noise_fn = Noise(generator)
     z = z.to(work)
     trajectory = [z] if return_trajectory else []
@@ -192,6 +188,17 @@ def _grid_times(process, schedule, steps, t_start, t_end) -> Tensor:
     except TypeError:
         return make_grid(process, schedule, steps, t_start, t_end)
     return _remember(_TIMES, key, lambda: make_grid(process, schedule, steps, t_start, t_end))
+
+
+def prepared_grid(model: Model, solver, ts: Tensor, data_dtype, device) -> Grid:
+    """The (cached) :class:`Grid` of times ``ts`` in the working dtype of ``data_dtype``, checked
+    for this solver and model: what :func:`sample` and ``unigen.compile`` integrate on."""
+    grid = _grid(model.process, ts, compute_dtype(data_dtype), device, model.parametrization)
+    solver.check(Dynamics(model, data_dtype), grid)
+    if model.parametrization not in grid.checked:
+        _check_start(model, grid)
+        grid.checked.add(model.parametrization)
+    return grid
 
 
 def _grid(process, ts: Tensor, dtype, device, parametrization) -> Grid:
