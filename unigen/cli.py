@@ -178,16 +178,9 @@ def _train(args, process, gen, show: bool):
 
     from . import train
 
-    cache = pathlib.Path(args.cache).expanduser()
-    cache.mkdir(parents=True, exist_ok=True)
-    ckpt = cache / f"{args.data}-{args.process}-{args.param}-{args.train_steps}.pt"
-    if ckpt.exists():
-        model = train.load(ckpt)
-        print(f"loaded {ckpt}")
-        return model
-    print(f"training a small {args.param} model on {args.data} ({args.process}, {args.train_steps} steps) ...")
+    ckpt = pathlib.Path(args.cache).expanduser() / f"{args.data}-{args.process}-{args.param}-{args.train_steps}.pt"
     data = "two_moons" if args.data == "moons" else args.data
-    bar = progress_bar(args.train_steps, "train", show)
+    bar = progress_bar(args.train_steps, "train", show and not ckpt.exists())
 
     def tick(step, loss):
         bar.update(1)
@@ -196,11 +189,10 @@ def _train(args, process, gen, show: bool):
 
     log_every = None if show else max(args.train_steps // 5, 1)
     try:
-        model = train.fit(data, process, args.param, steps=args.train_steps, generator=gen, log_every=log_every, callback=tick)
+        model = train.fit_cached(ckpt, data, process, args.param, log=print, steps=args.train_steps, generator=gen,
+                                 log_every=log_every, callback=tick)
     finally:
         bar.close()
-    train.save(model, ckpt)
-    print(f"saved {ckpt}")
     return model
 
 

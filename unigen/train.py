@@ -46,6 +46,7 @@ __all__ = [
     "fit",
     "save",
     "load",
+    "fit_cached",
     "sliced_wasserstein",
     "NATURAL_WEIGHTING",
 ]
@@ -639,6 +640,27 @@ def load(path, process=None, net: nn.Module | None = None, map_location="cpu") -
         body.event_shape = tuple(payload["event_shape"])
     body.eval()
     return TrainedModel(body, process, pc["parametrization"], history=payload.get("history"))
+
+
+def fit_cached(path, data, process, parametrization, *, log: Callable | None = None, **fit_kwargs) -> TrainedModel:
+    """The model saved at ``path`` if it exists (:func:`load`), else :func:`fit` with these
+    arguments, saved there (:func:`save`; parent folders created). ``log(message)`` hears
+    "loaded PATH", or "training ..." and "saved PATH"."""
+    import pathlib
+
+    say = log or (lambda msg: None)
+    path = pathlib.Path(path).expanduser()
+    if path.exists():
+        model = load(path)
+        say(f"loaded {path}")
+        return model
+    steps = fit_kwargs.get("steps", "default")
+    say(f"training a small {parametrization} model on {data if isinstance(data, str) else 'data'} ({steps} steps) ...")
+    model = fit(data, process, parametrization, **fit_kwargs)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    save(model, path)
+    say(f"saved {path}")
+    return model
 
 
 # ---------------------------------------------------------------------------------------

@@ -230,25 +230,16 @@ def trained_problem(data: str, process: str = "fm", param: str | None = None, tr
         stem = f"{cli_name}-{process}-{param}-{steps}"
         sampler = train.DATASETS[train_data]
         draw = lambda n, g: sampler(n, generator=g, dtype=torch.float64)  # noqa: E731
-    cache = pathlib.Path(cache_dir).expanduser()
-    cache.mkdir(parents=True, exist_ok=True)
-    ckpt = cache / f"{stem}.pt"
-    if ckpt.exists():
-        model, seconds = train.load(ckpt), None
-        say(f"[{cli_name}-{process}] loaded {ckpt}")
-    else:
-        say(f"[{cli_name}-{process}] training {param} model ({steps} steps) ...")
-        gen = torch.Generator().manual_seed(seed)  # as unigen sample --seed 0 does
-        net = None
-        if is_digits:  # a narrow net: float64 sweeps (the 1e-10 reference) stay affordable on a CPU
-            with torch.random.fork_rng(devices=[]):
-                torch.manual_seed(seed)
-                net = train.TinyConvNet(channels=1, size=8, width=16, blocks=2)
-        model = train.fit(train_data, proc, param, steps=steps, generator=gen, net=net,
-                          batch_size=128 if is_digits else 256)
-        seconds = model.train_seconds
-        train.save(model, ckpt)
-        say(f"[{cli_name}-{process}] trained in {seconds:.1f} s, saved {ckpt}")
+    ckpt = pathlib.Path(cache_dir).expanduser() / f"{stem}.pt"
+    net = None
+    if is_digits and not ckpt.exists():  # a narrow net: float64 sweeps (the 1e-10 reference) stay affordable
+        with torch.random.fork_rng(devices=[]):
+            torch.manual_seed(seed)
+            net = train.TinyConvNet(channels=1, size=8, width=16, blocks=2)
+    model = train.fit_cached(ckpt, train_data, proc, param, log=lambda m: say(f"[{cli_name}-{process}] {m}"),
+                             steps=steps, generator=torch.Generator().manual_seed(seed),  # as unigen sample --seed
+                             net=net, batch_size=128 if is_digits else 256)
+    seconds = model.train_seconds  # None when loaded from the cache
     model.net.double()
     event = (1, 8, 8) if is_digits else (2,)
     return Problem(f"{cli_name}-{process}", model.process, model, process, default_schedule(model.process), event,
