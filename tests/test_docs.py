@@ -1,21 +1,30 @@
-"""The docs stay true: every code block in README.md and docs/**/*.md runs, the API reference
-equals a fresh generation from the docstrings, and local links resolve.
+"""The docs stay true: every code block in README.md and docs/**/*.md runs as a reader would run
+it, the API reference equals a fresh generation from the docstrings, and local links resolve.
+(That no file cites material outside the repository is tests/test_no_external_refs.py.)
 
-Each markdown file's fenced blocks run in document order: ``python`` blocks in one namespace per
-file (float64 default, as conftest sets), ``bash`` lines that are ``unigen ...`` commands through
-``unigen.cli.main`` (in a temporary directory), every other bash line must be listed in NOT_RUN
-with its reason.
+How a page runs (``test_code_blocks_run``, one test per markdown file):
+
+* its ``python`` blocks, in document order, form ONE script that a fresh ``python`` process
+  (``sys.executable``) runs in an empty temporary directory, with torch's own defaults (float32
+  unless the page itself sets another dtype; nothing from this suite's conftest leaks in). Each
+  block sits on the same line numbers it has in the markdown file, so a traceback line is a
+  line of the page;
+* each ``bash`` line that is a ``unigen ...`` command runs at its place in the page, in its own
+  fresh process (as a shell would run it) through ``unigen.cli.main``, in the same directory;
+* every other bash line must be listed in NOT_RUN with the reason it is not run.
+
+So a page costs one interpreter start, plus one per ``unigen`` command it shows.
 """
 
 import importlib.util
+import os
 import pathlib
 import re
 import shlex
+import subprocess
+import sys
 
 import pytest
-import torch
-
-from unigen.cli import main
 
 ROOT = pathlib.Path(__file__).resolve().parents[1]
 DOCS = [ROOT / "README.md"] + sorted((ROOT / "docs").rglob("*.md"))
@@ -23,16 +32,32 @@ FENCE = re.compile(r"^```(\w*)\n(.*?)^```", flags=re.DOTALL | re.MULTILINE)
 
 # bash lines that are not run here, and why
 NOT_RUN = {
-    "pip install torch==2.13.0 && pip install -e . && unigen verify":
-        "installs packages; tests/test_readme.py checks the Quickstart and CI (.ci/run) runs it",
+    'pip install torch==2.13.0 && pip install -e ".[plot]" && unigen verify':
+        "installs packages (torch, then unigen with matplotlib for `unigen sample`'s PNG); the "
+        "`unigen verify` it ends with runs in tests/test_cli.py",
     'pip install torch==2.13.0 && pip install -e ".[test]" && python -m pytest -q':
         "installs packages and runs the whole suite; CI (.ci/run) runs it verbatim",
+    'python benchmarks/optimized_schedules.py --budgets 10 20 --solvers "UniPC(3)" "UniPC(2)" "DPMSolverPP(2M)" --calibration 2048':
+        "the run behind the optimised-grid table: over an hour; tests/test_calibration.py runs a small configuration of the script",
 }
+
+# seconds one page may take (all its blocks and commands together); the slowest page needs
+# about a tenth of this on two shared cores
+PAGE_TIMEOUT = 600
+
+# what a `unigen ...` line of a page runs: the installed console script is `unigen.cli:main`
+CLI = "import sys; from unigen.cli import main; sys.exit(main(sys.argv[1:]))"
 
 
 def fenced_blocks(path: pathlib.Path) -> list:
     """[(language, code)] in document order."""
-    return FENCE.findall(path.read_text())
+    return [(lang, code) for lang, code, _ in fenced_blocks_at(path)]
+
+
+def fenced_blocks_at(path: pathlib.Path) -> list:
+    """[(language, code, first line of the code, 1-based)] in document order."""
+    text = path.read_text()
+    return [(m[1], m[2], text.count("\n", 0, m.start(2)) + 1) for m in FENCE.finditer(text)]
 
 
 def _rel(path):
@@ -55,44 +80,132 @@ def load_generator():
     return mod
 
 
-@pytest.fixture
-def clean_torch_state():
-    """A doc may change torch's global state; put it back for the rest of the suite."""
-    dtype, threads, rng = torch.get_default_dtype(), torch.get_num_threads(), torch.get_rng_state()
-    torch.manual_seed(0)
-    yield
-    torch.set_default_dtype(dtype)
-    torch.set_num_threads(threads)
-    torch.set_rng_state(rng)
+def page_script(path: pathlib.Path, name: str = "") -> tuple:
+    """The page as one python script in which every line of code keeps its line number.
 
-
-CODE_DOCS = [p for p in DOCS if any(lang in ("python", "bash") for lang, _ in fenced_blocks(p))]
-
-
-@pytest.mark.parametrize("path", CODE_DOCS, ids=_rel)
-def test_code_blocks_run(path, tmp_path, monkeypatch, clean_torch_state):
-    monkeypatch.chdir(tmp_path)  # files the examples write land here
-    namespace = {"__name__": "__doc__"}
-    ran = 0
-    for i, (lang, code) in enumerate(fenced_blocks(path)):
-        where = f"{_rel(path)} block {i}"
+    Returns (script, blocks) with blocks = [(kind, first line, last line)] of what will run;
+    ``name`` (default: the path relative to the repository) is used in messages.
+    """
+    name = name or _rel(path)
+    lines = [""] * (path.read_text().count("\n") + 1)
+    blocks = []
+    for i, (lang, code, first) in enumerate(fenced_blocks_at(path)):
+        where = f"{name} block {i} (line {first})"
+        code_lines = code.splitlines()
         if lang == "python":
-            exec(compile(code, where, "exec"), namespace)  # noqa: S102  (running the docs is the point)
-            ran += 1
+            lines[first - 1:first - 1 + len(code_lines)] = code_lines
+            blocks.append(("python", first, first + len(code_lines) - 1))
         elif lang == "bash":
-            for line in _bash_lines(code):
-                if line in NOT_RUN:
+            for k, raw in enumerate(code_lines):
+                if not _bash_lines(raw) or _bash_lines(raw)[0] in NOT_RUN:
                     continue
+                (line,) = _bash_lines(raw)
                 argv = shlex.split(line)
                 assert argv[0] == "unigen", f"{where}: {line!r} is neither a unigen command nor listed in NOT_RUN"
                 assert not set("|><;&") & set(line), f"{where}: shell syntax in {line!r}"
-                try:
-                    rc = main(argv[1:])
-                except SystemExit as e:  # --help and --version exit through argparse
-                    rc = e.code
-                assert rc == 0, f"{where}: {line!r} exited with {rc}"
-                ran += 1
-    assert ran, f"{_rel(path)} has code fences but nothing ran"
+                lines[first - 1 + k] = f"__unigen_command__({argv[1:]!r}, {line!r})"
+                blocks.append(("bash", first + k, first + k))
+    if any(kind == "bash" for kind, _, _ in blocks):
+        # the helper goes on line 1, which in a page is its title (a blank line of the script)
+        assert not lines[0].strip(), f"{name}: line 1 is code"
+        lines[0] = f"exec({RUNNER!r})"
+    return "\n".join(lines) + "\n", blocks
+
+
+# a `unigen ...` line: a fresh process per command, as a shell runs it; its stderr is the page's
+# stderr, and a non-zero status stops the page naming the command
+RUNNER = f"""
+def __unigen_command__(argv, line):
+    import subprocess, sys
+    rc = subprocess.call([sys.executable, "-c", {CLI!r}, *argv], stdout=subprocess.DEVNULL)
+    if rc:
+        raise RuntimeError(f"`{{line}}` exited with status {{rc}}")
+"""
+
+
+def _failing_block(stderr: str, script: pathlib.Path, blocks: list) -> str:
+    """Where the page failed: the innermost traceback frame inside the page's script, as a line
+    of the page and the block that holds it."""
+    hits = re.findall(rf'File "{re.escape(str(script))}", line (\d+)', stderr)
+    if not hits:
+        return "no traceback line points into the page"
+    line = int(hits[-1])
+    for kind, first, last in blocks:
+        if first <= line <= last:
+            what = f"the {kind} block at lines {first}-{last}" if kind == "python" else "a unigen command"
+            return f"at line {line} of the page, in {what}"
+    return f"at line {line} of the page"
+
+
+def _page_env() -> dict:
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("PYTEST", "HYPOTHESIS"))}
+    env["PYTHONPATH"] = os.pathsep.join([str(ROOT)] + [p for p in [env.get("PYTHONPATH")] if p])
+    env["MPLBACKEND"] = "Agg"  # plots are written to files, never shown
+    env.setdefault("OMP_NUM_THREADS", "1")  # same numbers, no oversubscription on shared runners
+    return env
+
+
+def _has_code_to_run(path: pathlib.Path) -> bool:
+    return any(lang == "python" or (lang == "bash" and set(_bash_lines(code)) - set(NOT_RUN)) for lang, code in fenced_blocks(path))
+
+
+CODE_DOCS = [p for p in DOCS if _has_code_to_run(p)]
+
+
+def run_page(path: pathlib.Path, tmp_path: pathlib.Path, name: str = ""):
+    """Run the page as its reader would (see the module docstring); fail the test, naming the
+    line of the page, if it does not exit cleanly. Returns the finished process."""
+    name = name or _rel(path)
+    script, blocks = page_script(path, name)
+    assert blocks, f"{name} has code fences but nothing would run"
+    file = tmp_path / (path.name + ".py")
+    file.write_text(script)
+    work = tmp_path / "cwd"  # files the examples write land here
+    work.mkdir()
+    try:
+        proc = subprocess.run([sys.executable, str(file)], cwd=work, env=_page_env(), capture_output=True,
+                              text=True, timeout=PAGE_TIMEOUT)
+    except subprocess.TimeoutExpired as e:
+        err = e.stderr.decode(errors="replace") if isinstance(e.stderr, bytes) else (e.stderr or "")
+        pytest.fail(f"{name} did not finish in {PAGE_TIMEOUT} s\n--- stderr (tail) ---\n{err[-3000:]}")
+    if proc.returncode:
+        where = _failing_block(proc.stderr, file, blocks)
+        pytest.fail(
+            f"{name} fails when run as a script, {where} (exit status {proc.returncode})\n"
+            f"--- stderr (tail) ---\n{proc.stderr[-3000:]}\n--- stdout (tail) ---\n{proc.stdout[-1000:]}"
+        )
+    return proc
+
+
+@pytest.mark.parametrize("path", CODE_DOCS, ids=_rel)
+def test_code_blocks_run(path, tmp_path):
+    run_page(path, tmp_path)
+
+
+def test_pages_run_with_torch_defaults(tmp_path):
+    """A page sees torch as a new interpreter has it (float32), not as this suite's conftest set
+    it (float64); a failure is reported at its line of the page."""
+    page = tmp_path / "page.md"
+    page.write_text("# t\n\n```python\nimport torch\nprint(torch.get_default_dtype())\n```\n")
+    proc = run_page(page, tmp_path, "page.md")
+    assert proc.stdout.strip() == "torch.float32"
+    bad = tmp_path / "bad.md"
+    bad.write_text("# t\n\n```python\nx = 1\n```\n\ntext\n\n```python\nraise ValueError(x)\n```\n")
+    script, blocks = page_script(bad, "bad.md")
+    stderr = f'Traceback (most recent call last):\n  File "{tmp_path / "bad.md.py"}", line 10, in <module>\n'
+    assert _failing_block(stderr, tmp_path / "bad.md.py", blocks) == "at line 10 of the page, in the python block at lines 10-10"
+
+
+def test_page_script_keeps_line_numbers(tmp_path):
+    """A traceback line of the generated script is the same line of the page."""
+    page = tmp_path / "page.md"
+    page.write_text("# t\n\ntext\n\n```python\nx = 1\n\ny = x + 1\n```\n\n```bash\nunigen --version\n```\n")
+    script, blocks = page_script(page, "page.md")
+    lines = script.splitlines()
+    assert lines[5] == "x = 1" and lines[7] == "y = x + 1"
+    assert lines[11] == "__unigen_command__(['--version'], 'unigen --version')"
+    assert blocks == [("python", 6, 8), ("bash", 12, 12)]
+    compile(script, "page.md.py", "exec")
 
 
 def test_not_run_list_is_used():

@@ -2,7 +2,8 @@ r"""Training losses in every parametrization, as one weighted noise-prediction e
 
 With z = alpha x + sigma eps, every output type P = a_P x + b_P eps is, at fixed z, affine in
 the posterior-mean estimate x_hat:  P_hat - P = B_P (x_hat - x)  with  B_P = (a_P sigma - b_P alpha)/sigma
-(math sheet, sections 1 and 8). Hence any two squared errors are proportional:
+(because z is fixed, alpha (x_hat - x) + sigma (eps_hat - eps) = 0; docs/theory.md, section 10).
+Hence any two squared errors are proportional:
 
     ||P_hat - P||^2 = (D_P / D_M)^2 ||M_hat - M||^2,      D_Q = a_Q sigma - b_Q alpha,
 
@@ -41,7 +42,8 @@ finite where a conversion would divide by zero (e.g. a velocity or v network at 
 **Density form.** The per-sample weight w(t) and the t-sampling density p(t) act together: the
 objective is  E_t[w(t) E||eps_hat - eps||^2] = int w(t(lam)) p_lam(lam) E||...||^2 dlam, so the
 weighting *as a function of log-SNR* is  W(lam) = w(t(lam)) p_lam(lam)  with
-p_lam(lam) = p(t) |dt/dlam| (Kingma & Gao 2023; math sheet section 8, pitfall 13).
+p_lam(lam) = p(t) |dt/dlam| (Kingma & Gao 2023; docs/theory.md, section 10). Weightings of different
+processes or time densities compare only in this form, the Jacobian |dt/dlam| included.
 :func:`lambda_weight` returns W(lam). With t ~ U[0, 1] (``Uniform(0, 1)``):
 
 * flow matching velocity loss:   W = e^{-lam/2}/2

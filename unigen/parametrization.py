@@ -16,7 +16,7 @@ score        (0, -1/sigma)          grad_z log p_t(z) = -eps/sigma (Tweedie)
 
 :func:`convert` solves  [[alpha, sigma], [a_src, b_src]] [x0; eps] = [z; out]  and
 re-projects onto (a_dst, b_dst): six coefficient pairs instead of thirty pairwise
-functions (math sheet, section 1). The determinant ``alpha b_src - sigma a_src`` vanishes
+functions (docs/theory.md, section 2). The determinant ``alpha b_src - sigma a_src`` vanishes
 where the source output carries no information beyond z (x0 at sigma = 0; eps or score
 at alpha = 0); a conversion that needs the missing half raises
 :class:`SingularConversionError` instead of returning NaN.

@@ -1,6 +1,6 @@
 r"""Variational autoencoders, and the VAE that a one-step Gaussian diffusion is.
 
-**ELBO** (Kingma & Welling 2014; Rezende et al. 2014; math sheet, section 7). For a prior
+**ELBO** (Kingma & Welling 2014; Rezende et al. 2014; docs/theory.md, section 11). For a prior
 p(z) = N(0, I), a diagonal Gaussian encoder q(z|x) = N(mu(x), diag s^2(x)) and a decoder
 p(x|z),
 

@@ -5,7 +5,7 @@ The PF-ODE is semi-linear in DPM-Solver's lambda = log(alpha/sigma) (``Grid.lam_
     data form:   z_t = (sigma_t/sigma_s) z_s + sigma_t int e^{lam} x0_hat dlam
     noise form:  z_t = (alpha_t/alpha_s) z_s - alpha_t int e^{-lam} eps_hat dlam
 
-(Lu et al. 2022a,b; math sheet, section 5). Both are written once here as
+(Lu et al. 2022a,b; derived in docs/theory.md, section 6). Both are written once here as
 ``z_t = A z_s - B * sum_k psi_k(hh) * (k-th divided difference of the model)`` with
 hh = -h for the data form and +h for the noise form; ``A, B`` are (sigma_t/sigma_s, alpha_t)
 or (alpha_t/alpha_s, sigma_t); ``psi_k(x) = x phi_k(x)`` with the usual phi functions
