@@ -8,7 +8,8 @@ and with responsibilities r_k(z) (softmax of the component log-densities):
     E[eps | z] = sum_k r_k sigma / V_k (z - alpha mu_k)
     grad log p_t(z) = -sum_k r_k (z - alpha mu_k) / V_k
 
-(math sheet, section 9). Every other output type follows from these without division
+(Gaussian conditioning within each component, weighted by the responsibilities; derived in
+docs/theory.md, section 8). Every other output type follows from these without division
 by alpha or sigma, so the oracle is exact at both ends of every process. It isolates
 solver error from model error in tests and benchmarks.
 """

@@ -1,7 +1,7 @@
 r"""Normalizing flows, discrete and continuous, as bijectors.
 
 A :class:`Bijector` maps data x to a latent y (the "normalizing" direction) and reports the
-log-determinant of its Jacobian (math sheet, section 7, normalizing-flow line):
+log-determinant of its Jacobian (the change of variables; docs/theory.md, section 11):
 
     forward(x) -> (y, log|det dy/dx|),        inverse(y) -> (x, log|det dx/dy|),
 

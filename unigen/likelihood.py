@@ -12,7 +12,7 @@ E[xi^T J xi] with Rademacher or Gaussian probes held fixed along the solve (FFJO
 The prior defaults to N(0, sigma_T^2 I); pass ``prior=`` (a callable z -> log p_T(z)) to use
 the exact p_T, e.g. the oracle's ``marginal_log_prob`` when isolating the ODE error.
 
-**DDPM bound** (Ho et al. 2020; math sheet, section 7): for a ``VP.discrete`` table,
+**DDPM bound** (Ho et al. 2020; docs/theory.md, section 9): for a ``VP.discrete`` table,
 L = KL(q(z_T|x) || N(0, I)) + sum_{t>=2} KL(q(z_{t-1}|z_t, x) || p(z_{t-1}|z_t)) - log p(x|z_1),
 with p(z_{t-1}|z_t) = q(z_{t-1}|z_t, x0_hat) (variance beta-tilde), whose KL is
 1/2 (SNR_{t-1} - SNR_t) ||x - x0_hat(z_t)||^2.
@@ -218,7 +218,7 @@ def bits_per_dim(model: Model, x: Tensor, *, n_bins: int = 256, data_range=(-1.0
     r"""Bits per dimension of dequantised data x (x = (k + u)/n_bins rescaled to ``data_range``).
 
     bpd = -log p(x) / (D ln 2) + log2(n_bins / width): the offset is 8 for [0, 1] data and
-    7 for [-1, 1] data with 256 bins (math sheet, section 7; score_sde's offset = 7). With
+    7 for [-1, 1] data with 256 bins (log2(256/2), the offset score_sde uses). With
     uniform dequantisation this upper-bounds the discrete model's bits/dim.
     """
     lo, hi = data_range
