@@ -5,6 +5,7 @@ import importlib.util
 import json
 import math
 import pathlib
+import re
 import subprocess
 import sys
 
@@ -131,7 +132,7 @@ def test_quick_script_writes_json(tmp_path):
     refs = [r for r in data["records"] if r["budget"] is None]
     assert all(math.isfinite(r["nll"]) for r in refs)
     assert all(abs(r["nll"] - r["nll_exact"]) < 1e-4 for r in refs if not r["trained"])
-    assert "| NLL torchdiffeq rk4 |" in res.stdout
+    assert "| torchdiffeq rk4 |" in res.stdout and "Legend:" in res.stdout
     assert all(r["nfe"] <= r["budget"] for r in data["records"] if r["budget"] is not None and r["nfe"] is not None)
     assert "| DDIM |" in res.stdout
     pngs = sorted(tmp_path.glob("nfe_*.png"))
@@ -252,4 +253,165 @@ def test_problem_names_and_table_include_nll():
     recs = sweep(gmm_problem(2, "vp"), [SolverSpec("DDIM", DDIM)], nfe_budgets=(4,), n_samples=50, nll_samples=10,
                  nll_methods=("midpoint",), progress=True)  # a tqdm bar if tqdm is installed, else nothing
     md = table(recs)
-    assert "closed form" in md and "| NLL torchdiffeq midpoint |" in md and "| DDIM |" in md
+    assert "closed form" in md and "| torchdiffeq midpoint |" in md and "| DDIM |" in md
+
+
+# --- the printed report: every column defined, only shown metrics named, one endpoint, plain ticks ---
+METRIC_NAMES = ("RMSE", "SW2", "MMD", "NLL", "FID", "KID", "W1")
+
+
+def _tables(md: str) -> list[tuple[list, list, dict]]:
+    """(header cells, body cells, legend {term: definition}) of each table in ``table``'s output."""
+    out = []
+    for block in md.split("### ")[1:]:
+        lines = block.splitlines()
+        rows = [[c.strip() for c in ln.strip().strip("|").split("|")] for ln in lines if ln.startswith("|")]
+        header, body = rows[0], [c for row in rows[2:] for c in row[1:]]
+        legend = {}
+        for ln in lines[lines.index("Legend:") + 1:]:
+            if ln.startswith("- "):
+                term, _, text = ln[2:].partition(": ")
+                legend[term] = text
+        out.append((header, body, legend))
+    return out
+
+
+def _table_records():
+    p = gmm_problem(2, "vp")
+    specs = [SolverSpec("DDIM", DDIM), SolverSpec("Heun", Heun), "DDPM"]
+    return p, sweep(p, specs, nfe_budgets=(4, 15), n_samples=100, seed=0, nll_samples=20, nll_methods=("midpoint",),
+                    nll_accurate=False)
+
+
+def test_table_legend_defines_every_column_and_symbol_and_names_only_shown_metrics():
+    from unigen.bench.report import table
+
+    _, recs = _table_records()
+    md = table(recs)
+    tables = _tables(md)
+    assert len(tables) == 2  # samplers, likelihood
+    for header, body, legend in tables:
+        terms = {t.strip() for term in legend for t in term.split(",")}
+        assert set(header) <= terms, (header, sorted(terms))  # every column header is a legend term
+        assert any(t.startswith("cell = ") for t in legend)
+        if any("NFE]" in c for c in body):  # a real NFE below the budget is shown and explained
+            assert "[k NFE]" in terms
+        else:
+            assert "[k NFE]" not in terms
+        if any("^" in c for c in body):
+            assert "^" in terms
+        for word in ("skip", "error"):
+            if word in body:
+                assert word in terms
+    samplers, nll_table = tables[0], tables[1]
+    heun = [c for c in samplers[1] if "[14 NFE]" in c]  # Heun (2 calls per step, 1 for its last) at budget 15
+    assert len(heun) == 1
+    assert any(c.startswith("- / ") for c in samplers[1])  # DDPM has no RMSE ...
+    assert "stochastic solver" in samplers[2]["cell = RMSE / SW2"]  # ... and the legend says why
+    assert "[14 NFE]" in " ".join(nll_table[1])  # midpoint: 2 calls per step
+    # a metric is named only where it is shown: in a table's cell definition
+    shown = {m for _, _, legend in tables for term in legend if term.startswith("cell = ")
+             for m in METRIC_NAMES if m in term}
+    named = {m for m in METRIC_NAMES if re.search(rf"\b{m}", md)}
+    assert shown == {"RMSE", "SW2", "NLL"} and named <= shown, named - shown
+    assert "MMD" not in md and "^2" not in md
+
+
+def test_table_marks_and_explains_error_rising_with_nfe():
+    from unigen.bench.report import table
+
+    ref = {"problem": "toy", "dim": 2, "process": "vp", "n_samples": 10, "trained": False, "budget": None, "nfe": 50,
+           "solver": "reference dopri5 (rtol 1e-10)", "sw2": 0.2, "sw2_floor": 0.2, "sw2_floor_sd": 0.01,
+           "floor_draws": 16, "t_end": 0.001, "sigma_end": 0.01, "stochastic": False, "rmse": 0.0}
+    runs = [dict(ref, solver="S", budget=b, nfe=b, rmse=e, sw2=0.3) for b, e in ((4, 0.2), (6, 0.4), (8, 0.1), (10, 0.1))]
+    header, body, legend = _tables(table([ref, *runs]))[0]
+    assert body == ["0.2 / 0.3", "0.4^ / 0.3", "0.1 / 0.3", "0.1 / 0.3"]  # equal is not a rise
+    assert "pre-asymptotic" in legend["^"] and "(S at NFE 6)" in legend["^"]
+    assert "multistep" not in legend["^"]  # S is not a multistep method: no word about multistep start-up
+    _, body, legend = _tables(table([ref, *(dict(r, rmse=0.5 / r["nfe"]) for r in runs)]))[0]
+    assert "^" not in legend and not any("^" in c for c in body)  # no rise, no mark, no footnote
+    # every rise is listed, per row; a multistep row brings the multistep explanation
+    uni = [dict(r, solver="UniPC(3)", rmse=e) for r, e in zip(runs, (0.21, 0.36, 0.1, 0.2))]
+    _, body, legend = _tables(table([ref, *runs, *uni]))[0]
+    assert sum("^" in c for c in body) == 3
+    assert "(S at NFE 6; UniPC(3) at NFE 6 and 10)" in legend["^"] and "multistep" in legend["^"]
+    # a budget whose real NFE equals the previous one's (rk4 at 6 runs as at 4) is no rise
+    flat = [dict(r, nfe=4 if r["budget"] == 6 else r["nfe"]) for r in runs]
+    _, body, legend = _tables(table([ref, *flat]))[0]
+    assert "^" not in legend and body[1] == "0.4 / 0.3 [4 NFE]" and "[k NFE]" in legend
+
+
+@pytest.mark.parametrize("kind,where", [("vp", "stops at t = 0.001 (sigma = 0.0105)"), ("fm", "ends at sigma = 0")])
+def test_every_sampler_and_the_reference_end_at_the_same_endpoint(kind, where):
+    """All rows, the reference and the data the samples meet are at one time (VP: t_end = 1e-3, where
+    the exact marginal is data plus sigma noise; FM: sigma = 0, clean data); the legend says which."""
+    from unigen.bench.report import table
+
+    p = gmm_problem(2, kind)
+    recs = sweep(p, [SolverSpec("DDIM", DDIM), "DDPM"], nfe_budgets=(5,), n_samples=64, seed=3, nll_samples=0)
+    ref = recs[0]
+    assert {(r["t_end"], r["sigma_end"]) for r in recs} == {(ref["t_end"], ref["sigma_end"])}
+    assert where in _tables(table(recs))[0][2]["endpoint"]
+    x = torch.randn(5, 2, generator=_gen(0), dtype=torch.float64)
+    e = torch.randn(5, 2, generator=_gen(1), dtype=torch.float64)
+    t = torch.tensor([ref["t_end"]], dtype=torch.float64)
+    want = p.process.alpha(t) * x + p.process.sigma(t) * e
+    assert torch.allclose(p.at_time(x, ref["t_end"], e), want, rtol=0, atol=1e-15)
+    assert (ref["sigma_end"] == 0.0) == (kind == "fm")
+
+
+def test_reference_is_never_beaten_by_more_than_sampling_noise():
+    """A stochastic sampler draws its own noise, so on one small draw its SW2 can fall below the exact
+    reference's (the quick table once showed DDPM 0.138 under dopri5 0.188 at n = 400: the spread of
+    SW2 between independent exact sets of 400 is ~0.05). At a common endpoint nothing beats the
+    reference by more than that noise, and the reference itself sits within the floor's spread."""
+    p = gmm_problem(2, "vp")
+    recs = sweep(p, ["DDPM", SolverSpec("DDIM", DDIM), SolverSpec("DPMSolverPP(2M)", lambda: DPMSolverPP(order=2))],
+                 nfe_budgets=(10, 40), n_samples=300, seed=0, nll_samples=0)
+    ref, runs = recs[0], recs[1:]
+    sd = ref["sw2_floor_sd"]
+    assert ref["floor_draws"] >= 8 and 0 < sd < 0.5 * ref["sw2_floor"]
+    assert abs(ref["sw2"] - ref["sw2_floor"]) < 3 * sd  # the ODE's samples are exact samples
+    for r in runs:
+        assert r["sw2"] > ref["sw2"] - 3 * math.sqrt(2) * sd, (r["solver"], r["budget"], r["sw2"], ref["sw2"], sd)
+        assert (r["t_end"], r["sigma_end"]) == (ref["t_end"], ref["sigma_end"])
+    ddim = {r["budget"]: r["sw2"] for r in runs if r["solver"] == "DDIM"}
+    assert ddim[40] < ddim[10]  # a deterministic row approaches the reference's value
+
+
+def test_log_tick_formatter_writes_plain_numbers():
+    from unigen.bench.report import _log_ticks, _plain
+
+    assert [_plain(v) for v in (4.0, 6.0, 10.0, 20.0, 100.0, 0.02, 0.005)] == ["4", "6", "10", "20", "100", "0.02", "0.005"]
+    ticks = _log_ticks(0.004, 0.6)
+    assert 2 <= len(ticks) <= 8 and all(0.004 <= t <= 0.6 for t in ticks)
+    assert all(re.fullmatch(r"[0-9.]+", _plain(t)) for t in ticks), ticks  # 0.005, 0.01, ... not 5x10^-3
+    assert len(_log_ticks(0.15, 0.5)) >= 2  # a narrow range still gets labelled ticks
+    assert _log_ticks(0.0, 1.0) == [] and _log_ticks(1.0, 1.0) == []
+    assert 2 <= len(_log_ticks(1e-9, 1.0)) <= 8  # many decades are thinned too
+
+
+def test_plot_ticks_are_plain_numbers():
+    pytest.importorskip("matplotlib")
+    import matplotlib.pyplot as plt
+
+    from unigen.bench.report import figure
+
+    ref = {"problem": "toy", "dim": 2, "process": "vp", "n_samples": 10, "trained": False, "budget": None, "nfe": 300,
+           "solver": "reference dopri5 (rtol 1e-10)", "sw2": 0.19, "sw2_floor": 0.17, "sw2_floor_sd": 0.03,
+           "floor_draws": 16, "t_end": 0.001, "sigma_end": 0.01, "stochastic": False, "rmse": 0.0, "nll_unit": "nats/dim",
+           "nll_exact": 1.28}
+    runs = [dict(ref, solver=s, budget=b, nfe=b - (s == "Heun"), rmse=c / b ** k, sw2=0.19 + 1 / b, stochastic=False)
+            for s, c, k in (("DDIM", 2.0, 1), ("Heun", 3.0, 2)) for b in (4, 6, 8, 10, 15, 20)]
+    runs += [dict(ref, solver="NLL torchdiffeq rk4", budget=b, nfe=b, nll=1.3, nll_err=1.0 / b ** 4, rmse=None, sw2=None)
+             for b in (4, 8, 20)]
+    fig = figure([ref, *runs])
+    fig.canvas.draw()
+    labels = []
+    for ax in fig.axes:
+        for axis in (ax.xaxis, ax.yaxis):
+            labels += [t.get_text() for t in axis.get_ticklabels(which="both") if t.get_visible() and t.get_text()]
+    plt.close(fig)
+    assert labels and "4" in labels and "20" in labels
+    bad = [s for s in labels if not re.fullmatch(r"[0-9]+(\.[0-9]+)?(e-?[0-9]+)?", s)]
+    assert not bad, bad  # no "4x10^0", no mathtext

@@ -15,9 +15,15 @@ real count ``info.nfe`` against the budget, and records
 
 * ``rmse``: endpoint RMSE against the reference solve (deterministic solvers only: a
   stochastic sampler does not follow the ODE path, so its distance to it is not an error);
-* ``sw2`` / ``mmd2``: sliced W_2 and unbiased RBF MMD^2 against data samples;
-* ``sw2_floor`` / ``mmd2_floor``: the same metrics between two independent data sets of the
-  same size, i.e. the value a perfect sampler would get (the noise floor);
+* ``sw2`` / ``mmd2``: sliced W_2 and unbiased RBF MMD^2 against data samples taken to the
+  run's end time (``t_end``, ``sigma_end`` in the record): x0 alpha(t_end) + sigma(t_end) noise,
+  the exact marginal there, since a grid that stops at t_end > 0 returns samples of that
+  marginal (no final denoising call); where the grid ends at sigma = 0 they are the data;
+* ``sw2_floor`` / ``sw2_floor_sd``: mean and standard deviation of SW2 between ``FLOOR_DRAWS``
+  further independent data sets of the same size (fresh draws, or bootstrap draws from the
+  rest of a held-out pool) and the same comparison set, i.e. what a perfect sampler gets and
+  how far one draw of n samples scatters (the noise floor); ``mmd2_floor`` the MMD^2 of the
+  first of them;
 * ``nll``: negative log-likelihood of held-out data per dimension (nats/dim; bits/dim for
   digits, uniformly dequantised) through the PF-ODE with the exact divergence
   (:func:`unigen.log_likelihood`, Chen et al. 2018; Song et al. 2021, App. D). The reference
@@ -74,6 +80,7 @@ __all__ = [
 DEFAULT_BUDGETS = (4, 6, 8, 10, 15, 20, 50, 100)
 PROCESS_KINDS = ("vp", "fm", "ddpm")
 REFERENCE_TOL = 1e-10
+FLOOR_DRAWS = 16  # independent data sets behind the SW2 floor's mean and standard deviation
 NLL_TOL = 1e-7
 NLL_METHODS = {"euler": 1, "midpoint": 2, "rk4": 4}  # torchdiffeq fixed-step methods: model calls per step
 TOY_DATA = {"moons": "two_moons", "checkerboard": "checkerboard", "eight_gaussians": "eight_gaussians",
@@ -168,6 +175,31 @@ class Problem:
         m = min(n, pool.shape[0] // 2)
         perm = torch.randperm(pool.shape[0], generator=gen(2))
         return pool[perm[:m]], pool[perm[m : 2 * m]]
+
+    def floor_sets(self, n: int, seed: int, count: int) -> list[torch.Tensor]:
+        """``count`` data sets independent of the comparison set of :meth:`data_sets` (the first is
+        its second set): fresh draws, or for a held-out pool draws with replacement from the
+        images not in the comparison set. They measure how SW2 scatters between draws of n."""
+        a, b = self.data_sets(n, seed)
+        sets = [b]
+        if self.held_out is None:
+            sets += [self.exact(n, torch.Generator().manual_seed(seed * 1000 + 10 + k)) for k in range(1, count)]
+            return sets
+        pool = self.held_out.to(torch.float64)
+        m = a.shape[0]
+        rest = torch.randperm(pool.shape[0], generator=torch.Generator().manual_seed(seed * 1000 + 2))[m:]
+        for k in range(1, count):
+            pick = torch.randint(0, rest.shape[0], (m,), generator=torch.Generator().manual_seed(seed * 1000 + 10 + k))
+            sets.append(pool[rest[pick]])
+        return sets
+
+    def at_time(self, x: torch.Tensor, t: float, noise: torch.Tensor) -> torch.Tensor:
+        """Data ``x`` taken to time t: alpha(t) x + sigma(t) noise (``x`` itself where sigma(t) = 0)."""
+        tt = torch.tensor([float(t)], dtype=torch.float64)
+        alpha, sigma = float(self.process.alpha(tt)), float(self.process.sigma(tt))
+        if sigma == 0.0 and alpha == 1.0:
+            return x
+        return alpha * x + sigma * noise
 
     def reference(self, z: torch.Tensor, t_start: float, t_end: float) -> tuple[torch.Tensor, int]:
         """``unigen.calibration.ode_endpoint`` (dopri5, rtol = atol = ``ref_tol``, 1e-10) from ``z`` at
@@ -431,6 +463,11 @@ def nll(problem: Problem, x: torch.Tensor, method: str = "dopri5", steps: int | 
     return runner.rows(fn, x.to(torch.float64), coupled=method not in NLL_METHODS)
 
 
+def _endpoint(problem: Problem, t: float) -> dict:
+    """``t_end`` and ``sigma_end`` of a record: where its samples (and the data they meet) are."""
+    return {"t_end": float(t), "sigma_end": float(problem.process.sigma(torch.tensor([float(t)], dtype=torch.float64)))}
+
+
 def _finite_t(process, t: float) -> float:
     """t, or the likelihood's default t0 where log-SNR(t) is infinite (flow matching ends at 0)."""
     from ..schedules import _finite_end
@@ -508,34 +545,51 @@ def sweep(
     gens = item_generators(n_samples, seed)
     t_start, t_end = sample_range(problem.process)
     records, base, ref, ref_rec = [], {}, None, None
-    exact_a, exact_b = problem.data_sets(n_samples, seed)  # on every rank: the NLL points are sharded too
+    exact_a, _ = problem.data_sets(n_samples, seed)  # on every rank: the NLL points are sharded too
     x_nll = _nll_data(problem, exact_a, nll_samples, seed) if nll_samples else None
     if main:
         med = median_bandwidth(exact_a)
         bws = tuple(med * f for f in (0.25, 0.5, 1.0, 2.0, 4.0))
 
-        def sw(x):
-            return sliced_wasserstein2(x, exact_a, n_projections=n_projections,
+        # every sample is compared with data at its own end time (the reference's and every run's
+        # grid end at t_end: sigma = 0 for flow matching, sigma(1e-3) ~ 0.01 for VP)
+        noise_gen = torch.Generator().manual_seed(seed * 1000 + 5)
+        eps_a = torch.randn(exact_a.shape, generator=noise_gen, dtype=torch.float64)
+        targets = {}
+
+        def target(t: float) -> torch.Tensor:
+            if t not in targets:
+                targets[t] = problem.at_time(exact_a, t, eps_a)
+            return targets[t]
+
+        def sw(x, t):
+            return sliced_wasserstein2(x, target(t), n_projections=n_projections,
                                        generator=torch.Generator().manual_seed(seed * 1000 + 4))
 
-        floor = {"sw2_floor": sw(exact_b), "mmd2_floor": rbf_mmd2(exact_b, exact_a, bws)}
+        others = [problem.at_time(b, t_end, torch.randn(b.shape, generator=noise_gen, dtype=torch.float64))
+                  for b in problem.floor_sets(n_samples, seed, FLOOR_DRAWS)]
+        spread = torch.tensor([sw(b, t_end) for b in others], dtype=torch.float64)
+        floor = {"sw2_floor": float(spread.mean()), "sw2_floor_sd": float(spread.std()), "floor_draws": len(others),
+                 "mmd2_floor": rbf_mmd2(others[0], target(t_end), bws)}
         t0 = time.perf_counter()
         ref, ref_nfe = problem.reference(z, t_start, t_end)
         ref_s = time.perf_counter() - t0
         base = {"problem": problem.name, "dim": problem.dim, "process": problem.kind, "n_samples": n_samples,
                 "trained": problem.trained, "nll_unit": problem.nll_unit, **floor}
         ref_rec = dict(base, solver=f"reference dopri5 (rtol {problem.ref_tol:g})", schedule="adaptive", budget=None, steps=None,
-                       nfe=ref_nfe, stochastic=False, rmse=0.0, sw2=sw(ref), mmd2=rbf_mmd2(ref, exact_a, bws),
-                       seconds=ref_s, nll=None, **({"model": problem.info} if problem.info else {}))
+                       nfe=ref_nfe, stochastic=False, rmse=0.0, sw2=sw(ref, t_end), mmd2=rbf_mmd2(ref, target(t_end), bws),
+                       seconds=ref_s, nll=None, **_endpoint(problem, t_end),
+                       **({"model": problem.info} if problem.info else {}))
         records.append(ref_rec)
-        say(f"[{problem.name}] reference: {ref_nfe} NFE in {ref_s:.1f} s; floor SW2 {floor['sw2_floor']:.4f}")
+        say(f"[{problem.name}] reference: {ref_nfe} NFE in {ref_s:.1f} s; SW2 {ref_rec['sw2']:.4f}, floor SW2 "
+            f"{floor['sw2_floor']:.4f} +- {floor['sw2_floor_sd']:.4f}")
     nll_target = None
     if nll_samples and main:
         ref_rec.update(nll_samples=x_nll.shape[0], nll_nfe=None)
         if nll_accurate or problem.trained:
             t0 = time.perf_counter()
             vals, nfe = nll(problem, x_nll, "dopri5", runner=runner)
-            ref_rec.update(nll=float(vals.mean()), nll_nfe=nfe, nll_seconds=time.perf_counter() - t0)
+            ref_rec.update(nll=float(vals.mean()), nll_nfe=nfe, nll_tol=problem.nll_tol, nll_seconds=time.perf_counter() - t0)
             nll_target = ref_rec["nll"]
         if problem.mixture is not None:
             gm = problem.mixture
@@ -556,14 +610,16 @@ def sweep(
             if rec.get("error") is None:
                 x, rec_ref = rec.pop("_x"), ref
                 ts = rec.pop("_times")
+                end = t_end if abs(float(ts[-1]) - t_end) <= 1e-12 else float(ts[-1])
                 ok = bool(torch.isfinite(x).all())
                 if rec["stochastic"]:
                     rmse = None
-                else:
-                    if abs(float(ts[0]) - t_start) > 1e-12 or abs(float(ts[-1]) - t_end) > 1e-12:
-                        rec_ref = problem.reference(z, float(ts[0]), float(ts[-1]))[0]
+                else:  # against the reference over the same time range
+                    if abs(float(ts[0]) - t_start) > 1e-12 or end != t_end:
+                        rec_ref = problem.reference(z, float(ts[0]), end)[0]
                     rmse = endpoint_rmse(x, rec_ref) if ok else math.inf
-                rec.update(rmse=rmse, sw2=sw(x) if ok else math.inf, mmd2=rbf_mmd2(x, exact_a, bws) if ok else math.inf)
+                rec.update(rmse=rmse, sw2=sw(x, end) if ok else math.inf,
+                           mmd2=rbf_mmd2(x, target(end), bws) if ok else math.inf, **_endpoint(problem, end))
             records.append(rec)
         if bar is not None:
             bar.update()
