@@ -191,6 +191,12 @@ def _sampler_table(ref: dict, records: list, budgets: list) -> list:
         f"perfect sampler gets, and how much one draw of {n} scatters; SW2 values closer than {noise:.2g} (2 sd of "
         "the difference of two draws) are not distinguishable" if sd is not None
         else f": SW2 of {n} independent {data}, what a perfect sampler gets")
+    if trained and noise is not None:
+        gap = ref["sw2"] - floor
+        floor_text += (f". The reference's SW2 ({_fmt(ref['sw2'])}) is above the floor by {gap:.2g}: the trained "
+                       "model's own error, which no sampler removes" if gap > noise else
+                       f". The reference's SW2 ({_fmt(ref['sw2'])}) is within sampling noise of the floor: the trained "
+                       f"model's own error is not resolved with {n} samples")
     floor_text += (". Deterministic solvers start from the reference's noise, so their SW2 tends to the reference's "
                    "as NFE grows" + ("; a stochastic solver draws its own noise, so its SW2 carries its own sampling "
                                      "noise" if notes["stochastic"] else ""))
