@@ -188,4 +188,160 @@ def test_cli_schedules_and_processes(tmp_path, capsys):
     with pytest.raises(ValueError, match="VP.discrete"):
         ug.make_grid(cli._make_process("vp"), "leading", 4)
     args = ["sample", "--process", "fm", "--schedule", "logsnr", "--n", "10", "--out", str(tmp_path / "x.png")]
-    assert main(args) == 2 and "infinite at t_start" in capsys.readouterr().err
+    assert main(args) == 2
+    assert "valid --schedule values for --process fm are uniform and quadratic" in capsys.readouterr().err
+
+
+# ---------------------------------------------------------------------------------------
+# python -m unigen, one-line errors before any work, plots, the help examples
+# ---------------------------------------------------------------------------------------
+def _run_module(*argv):
+    import os
+    import pathlib
+    import subprocess
+    import sys
+
+    root = pathlib.Path(__file__).resolve().parents[1]
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("PYTEST", "HYPOTHESIS"))}
+    env["PYTHONPATH"] = os.pathsep.join([str(root)] + [p for p in [env.get("PYTHONPATH")] if p])
+    return subprocess.run([sys.executable, "-m", "unigen", *argv], capture_output=True, text=True, env=env, timeout=120)
+
+
+def test_python_dash_m_unigen_is_the_unigen_command():
+    proc = _run_module("--help")
+    assert proc.returncode == 0 and "unigen sample" in proc.stdout and "examples:" in proc.stdout
+    proc = _run_module("sample", "--process", "fm", "--param", "eps")  # an error: one line, exit 2
+    assert proc.returncode == 2 and proc.stdout == ""
+    assert proc.stderr.count("\n") == 1 and proc.stderr.startswith("unigen sample: error: --param eps")
+
+
+@pytest.fixture
+def no_work(monkeypatch):
+    """Sampling and training fail the test if reached: the errors below come before any work."""
+    import importlib
+
+    def boom(*args, **kwargs):
+        raise AssertionError("the command sampled or trained before checking its arguments")
+
+    monkeypatch.setattr(importlib.import_module("unigen.sample"), "sample", boom)  # the module, not the function
+    monkeypatch.setattr(importlib.import_module("unigen.train"), "fit", boom)
+
+
+def _one_line_error(capsys, command="sample"):
+    captured = capsys.readouterr()
+    err = captured.err
+    assert err.count("\n") == 1 and "Traceback" not in err, err
+    assert err.startswith(f"unigen {command}: error: "), err
+    return err
+
+
+def test_missing_output_folder_fails_before_sampling(tmp_path, capsys, no_work):
+    out = tmp_path / "missing" / "a.png"
+    for data in ("gmm", "moons"):
+        assert main(["sample", "--data", data, "--out", str(out), "--cache", str(tmp_path / "c")]) == 2
+        err = _one_line_error(capsys)
+        assert f"--out {out}: the folder {out.parent} does not exist" in err
+    assert not out.parent.exists() and not (tmp_path / "c").exists()
+
+
+def test_bad_output_paths_and_cache(tmp_path, capsys, no_work):
+    assert main(["sample", "--out", str(tmp_path)]) == 2
+    assert "is a folder" in _one_line_error(capsys)
+    pytest.importorskip("matplotlib")
+    assert main(["sample", "--out", str(tmp_path / "a.xyz")]) == 2
+    assert "cannot write .xyz files; use one of .png" in _one_line_error(capsys)
+    (tmp_path / "file").write_text("")
+    assert main(["sample", "--data", "moons", "--cache", str(tmp_path / "file" / "c"), "--out", str(tmp_path / "m.png")]) == 2
+    assert "--cache" in _one_line_error(capsys)
+
+
+def test_bench_checks_its_output_folder_first(tmp_path, capsys, monkeypatch):
+    from unigen.bench import report
+
+    monkeypatch.setattr(report, "run", lambda *a, **k: pytest.fail("the sweep ran"))
+    assert main(["bench", "--quick", "--out", str(tmp_path / "nope" / "b.json")]) == 2
+    assert "--out" in _one_line_error(capsys, "bench")
+
+
+@pytest.mark.parametrize("param", ["eps", "score", "denoiser"])
+def test_param_the_process_cannot_start_from(param, tmp_path, capsys, no_work):
+    assert main(["sample", "--process", "fm", "--param", param, "--out", str(tmp_path / "x.png")]) == 2
+    err = _one_line_error(capsys)
+    assert f"--param {param} cannot be sampled with --process fm" in err
+    assert "valid --param values for --process fm are x0, v and velocity" in err
+    assert "t_start" not in err and "t_end" not in err  # no option the CLI does not have
+
+
+def test_cli_rules_match_the_library(tmp_path):
+    """The --param and --schedule lists the errors name are exactly what the library accepts."""
+    import unigen as ug
+    from unigen import cli
+    from unigen.parametrization import PARAMETRIZATIONS
+
+    for name in cli.PROCESSES:
+        process, ok = cli._make_process(name), cli.valid_params(name)
+        gm = cli._gmm()
+        for param in PARAMETRIZATIONS:
+            try:
+                ug.sample(gm.model(process, param), "Euler", steps=2, shape=(3, 2), dtype=torch.float32)
+                works = True
+            except ValueError:
+                works = False
+            assert works == (param in ok), (name, param)
+
+
+@pytest.mark.parametrize("argv, names", [
+    (["sample", "--solver", "DDIMM"], ["--solver", "did you mean DDIM?"]),
+    (["sample", "--steps", "0"], ["--steps"]),
+    (["sample", "--data", "nope"], ["--data"]),
+    (["verify", "--only", "no-such-claim"], ["--only"]),
+    (["sample", "--no-such-option"], ["--no-such-option"]),
+    ([], ["COMMAND"]),
+])
+def test_every_error_is_one_line_naming_the_option(argv, names, tmp_path, capsys, no_work):
+    try:
+        rc = main(argv)
+    except SystemExit as e:  # argparse's own errors
+        rc = e.code
+    assert rc == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "Traceback" not in err and "usage:" not in err, err
+    assert err.startswith("unigen") and ": error: " in err and all(n in err for n in names), err
+
+
+def test_plot_title_and_reference_overlay(tmp_path, monkeypatch, capsys):
+    pytest.importorskip("matplotlib")
+    from matplotlib.figure import Figure
+
+    seen = []
+    monkeypatch.setattr(Figure, "savefig", lambda self, *a, **k: seen.append(self))
+    assert main(["sample", "--process", "vp", "--param", "eps", "--solver", "Heun", "--steps", "3", "--n", "50",
+                 "--out", str(tmp_path / "g.png")]) == 0
+    nfe = capsys.readouterr().out.split(" model calls")[0].split()[-1]  # "Heun: 3 steps, N model calls, ..."
+    (fig,) = seen
+    (ax,) = fig.axes
+    title = ax.get_title()
+    for word in ("VP.linear", "eps", "Heun", "logsnr schedule", "3 steps", f"NFE {nfe}"):
+        assert word in title, title
+    reference, samples = ax.collections  # the exact samples under the samples
+    assert reference.get_alpha() < samples.get_alpha() and len(reference.get_offsets()) == 50
+
+
+def test_help_examples_parse_and_pass_the_checks(tmp_path, monkeypatch):
+    """Every example of every --help parses, and every sample example passes the checks that run
+    before training (its training is measured in benchmarks/cli_examples.py, not here)."""
+    import shlex
+
+    from unigen import cli
+
+    monkeypatch.chdir(tmp_path)
+    lines = cli.help_examples()
+    assert {ln.split()[1] for ln in lines} == {"verify", "sample", "bench"}
+    assert len(cli.help_examples("sample")) >= 3
+    for line in lines:
+        argv = shlex.split(line)[1:]
+        argv = argv[: argv.index(">")] if ">" in argv else argv  # `unigen verify --json > claims.json`
+        args = cli.build_parser().parse_args(argv)
+        if args.command == "sample":
+            cli.check_sample_args(args)
+            assert args.train_steps == cli.TRAIN_STEPS  # the examples train with the defaults the benchmark measured

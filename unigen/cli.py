@@ -36,14 +36,18 @@ examples:
 
 SAMPLE_EPILOG = """--data gmm uses the exact oracle (eight Gaussians on a circle), so every difference between
 solvers is discretisation error. Any other data set trains a small MLP (TinyConvNet for
-digits) once with unigen.train.fit and caches it under --cache; later runs load it.
+digits) once with unigen.train.fit (--train-steps, about a minute or two on one CPU core)
+and caches it under --cache; later runs load it. The plot shows the samples over a faint
+reference: exact samples for gmm, training data otherwise. A first-order solver such as DDIM
+needs many more steps than DPMSolverPP or UniPC for sharp data (checkerboard: DDIM at 25
+steps is about twice as far from the data as DPMSolverPP).
 --solver takes any name registered in unigen.solvers.REGISTRY:
 {solvers}.
 
 examples:
   unigen sample --data gmm --process vp --param eps --solver UniPC --steps 8 --out gmm.png
-  unigen sample --data moons --process fm --solver Heun --steps 10 --train-steps 500
-  unigen sample --data checkerboard --process vp --param eps --solver DDIM --schedule logsnr --steps 25
+  unigen sample --data moons --process fm --solver Heun --steps 10
+  unigen sample --data checkerboard --process vp --param eps --solver DPMSolverPP --schedule logsnr --steps 25
 """
 
 BENCH_EPILOG = """Every problem is an exact Gaussian-mixture model, so the numbers measure the sampler alone:
@@ -54,9 +58,21 @@ runs the same harness with more options.
 examples:
   unigen bench --quick                     # 2-D problems, five solvers, well under a minute
   unigen bench --quick --samples 100 --no-plot --out /tmp/bench.json
-  unigen bench --out results/bench.json    # the full sweep (every solver, 2-D and 16-D)
+  unigen bench --out bench-full.json      # the full sweep (every solver, 2-D and 16-D)
   unigen bench --quick --optimized         # plus UniPC(3) on grids optimised per problem and NFE
 """
+
+def help_examples(command: str | None = None) -> list:
+    """Every example command line shown by ``unigen --help`` and ``unigen COMMAND --help`` (in
+    that order, without repeats or trailing comments); only those of ``command`` if given."""
+    lines = []
+    for text in (EPILOG, VERIFY_EPILOG, SAMPLE_EPILOG, BENCH_EPILOG):
+        for line in text.splitlines():
+            line = line.split("  #")[0].strip()
+            if line.startswith("unigen ") and line not in lines:
+                lines.append(line)
+    return [ln for ln in lines if command is None or ln.split()[1] == command]
+
 
 # diffusers' leading/trailing/linspace spacings need a VP.discrete table, which no --process here is
 SCHEDULES = ("uniform", "logsnr", "karras", "quadratic")
@@ -129,8 +145,7 @@ def _verify(args) -> int:
         claims = [c for c in claims if args.only.lower() in c.name.lower()]
         if not claims:
             names = "; ".join(c.name for c in verify.CLAIMS)
-            print(f"no claim matches {args.only!r}; claims are: {names}", file=sys.stderr)
-            return 2
+            return _fail("verify", f"--only {args.only!r} matches no claim; claims are: {names}")
     bar = progress_bar(len(claims), "verify", _show_progress(args))
     results = []
     for c in claims:
@@ -150,6 +165,11 @@ def _bench(args) -> int:
 
     from .bench import default_solvers, optimized, quick_solvers
     from .bench.report import run
+
+    try:  # the JSON (and the plots next to it) must be writable before minutes of sweeping
+        check_output(args.out, "--out")
+    except CLIError as e:
+        return _fail("bench", str(e))
 
     if args.quick:
         dims, kinds, budgets, n, specs = [2], ["vp", "fm"], [4, 6, 8, 10, 15, 20], args.samples or 400, quick_solvers()
@@ -172,13 +192,156 @@ def _make_process(name: str):
     return {"fm": P.FlowMatching, "vp": P.VP.linear, "ve": P.VE, "edm": P.EDM}[name]()
 
 
+def _fail(command: str, message: str) -> int:
+    """One line ``unigen COMMAND: error: MESSAGE`` on stderr; returns argparse's exit status 2."""
+    print(f"unigen {command}: error: {_one_line(message)}", file=sys.stderr)
+    return 2
+
+
+def _one_line(text: str) -> str:
+    return " ".join(str(text).split())
+
+
+def _and(names) -> str:
+    names = list(names)
+    return names[0] if len(names) == 1 else ", ".join(names[:-1]) + " and " + names[-1]
+
+
+class CLIError(Exception):
+    """A message for the user (one line, naming the options involved); the command exits 2."""
+
+
+# what the CLI trains for a 2-D toy set: a wider MLP than unigen.train's default (256 instead of
+# 128 units) for 3000 Adam steps with a cosine learning rate, on one CPU thread: its samples are
+# within 2x the data-vs-data sliced-W2 floor (benchmarks/cli_examples.py), where 500 steps of
+# the 128-unit MLP gave a blob (3.3x the floor on moons)
+TOY_NET = {"hidden": 256, "depth": 3}
+TOY_FIT = {"batch_size": 256, "lr": 2e-3}
+TRAIN_STEPS = 3000
+
+
+def _alpha_at_start(process) -> float:
+    import torch
+
+    return float(process.alpha(torch.tensor(process.t_max, dtype=torch.float64)))
+
+
+def valid_params(process_name: str) -> list:
+    """The --param values a --process can be sampled with from its default start: where the
+    start is pure noise (alpha = 0, flow matching), an eps, score or denoiser output says nothing
+    about the data, so only x0, v and velocity remain."""
+    from .parametrization import PARAMETRIZATIONS
+
+    if _alpha_at_start(_make_process(process_name)) == 0.0:
+        return [p for p in PARAMETRIZATIONS if p not in ("eps", "score", "denoiser")]
+    return list(PARAMETRIZATIONS)
+
+
+def valid_schedules(process_name: str) -> list:
+    """The --schedule values that can span a --process's sampling range."""
+    from .schedules import make_grid
+
+    ok = []
+    for name in SCHEDULES:
+        try:
+            make_grid(_make_process(process_name), name, 4)
+        except ValueError:
+            continue
+        ok.append(name)
+    return ok
+
+
+def check_output(path: str, option: str = "--out", suffixes=None) -> "pathlib.Path":
+    """Refuse an output path that cannot be written, before any work is done."""
+    import os
+    import pathlib
+
+    p = pathlib.Path(path).expanduser()
+    parent = p.parent if str(p.parent) else pathlib.Path(".")
+    if p.is_dir():
+        raise CLIError(f"{option} {path} is a folder; give a file name such as {p / 'out.png'}")
+    if not parent.exists():
+        raise CLIError(f"{option} {path}: the folder {parent} does not exist; create it first or choose another {option}")
+    if not parent.is_dir():
+        raise CLIError(f"{option} {path}: {parent} is not a folder; choose another {option}")
+    if not os.access(parent, os.W_OK):
+        raise CLIError(f"{option} {path}: the folder {parent} is not writable; choose another {option}")
+    if suffixes is not None and p.suffix and p.suffix[1:].lower() not in suffixes:
+        raise CLIError(f"{option} {path}: cannot write {p.suffix} files; use one of "
+                       f"{_and('.' + s for s in suffixes)}")
+    return p
+
+
+def check_cache(path: str) -> "pathlib.Path":
+    """--cache must be a folder that exists and is writable, or one that can be created."""
+    import os
+    import pathlib
+
+    p = pathlib.Path(path).expanduser()
+    probe = p
+    while not probe.exists() and probe != probe.parent:
+        probe = probe.parent
+    if not probe.is_dir():
+        raise CLIError(f"--cache {path}: {probe} is a file, not a folder; choose another --cache")
+    if not os.access(probe, os.W_OK):
+        raise CLIError(f"--cache {path}: the folder {probe} is not writable; choose another --cache")
+    return p
+
+
+def _matplotlib():
+    try:
+        import matplotlib
+
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+    except ImportError:
+        return None
+    return plt
+
+
+_IMAGE_TYPES = ("png", "jpg", "jpeg", "pdf", "svg", "webp", "tif", "tiff", "eps", "ps")
+
+
+def _image_types(plt) -> list:
+    from matplotlib.figure import Figure
+
+    supported = set(Figure().canvas.get_supported_filetypes())
+    return [s for s in _IMAGE_TYPES if s in supported]
+
+
+class _OneThread:
+    """Tiny MLPs train and sample fastest on one CPU thread (and do not slow down on a busy
+    machine); the previous thread count is restored afterwards."""
+
+    def __enter__(self):
+        import torch
+
+        self.n = torch.get_num_threads()
+        torch.set_num_threads(1)
+
+    def __exit__(self, *exc):
+        import torch
+
+        torch.set_num_threads(self.n)
+
+
+def cache_path(args) -> "pathlib.Path":
+    """Where the trained model of these settings is cached (the training setup is in the name,
+    so a change of the defaults never loads an old model)."""
+    import pathlib
+
+    arch = "conv" if args.data == "digits" else f"mlp{TOY_NET['hidden']}x{TOY_NET['depth']}-b{TOY_FIT['batch_size']}"
+    name = f"{args.data}-{args.process}-{args.param}-{args.train_steps}-{arch}-seed{args.seed}.pt"
+    return pathlib.Path(args.cache).expanduser() / name
+
+
 def _train(args, process, gen, show: bool):
     """Load the cached model for these settings, or train one with a progress bar and cache it."""
-    import pathlib
+    import torch
 
     from . import train
 
-    ckpt = pathlib.Path(args.cache).expanduser() / f"{args.data}-{args.process}-{args.param}-{args.train_steps}.pt"
+    ckpt = cache_path(args)
     data = "two_moons" if args.data == "moons" else args.data
     bar = progress_bar(args.train_steps, "train", show and not ckpt.exists())
 
@@ -187,13 +350,149 @@ def _train(args, process, gen, show: bool):
         if step % 10 == 0:
             bar.set_postfix_str(f"loss {loss:.4f}")
 
+    kw = {}
+    if args.data != "digits":
+        with torch.random.fork_rng(devices=[]):
+            torch.manual_seed(args.seed)
+            kw = dict(TOY_FIT, net=train.MLP(2, **TOY_NET))
     log_every = None if show else max(args.train_steps // 5, 1)
     try:
         model = train.fit_cached(ckpt, data, process, args.param, log=print, steps=args.train_steps, generator=gen,
-                                 log_every=log_every, callback=tick)
+                                 log_every=log_every, callback=tick, **kw)
     finally:
         bar.close()
     return model
+
+
+def reference_samples(args, n: int):
+    """What the samples should look like: exact oracle samples for gmm, fresh draws of the
+    training distribution otherwise (a generator of their own, not the one of the samples)."""
+    import torch
+
+    from . import train
+
+    gen = torch.Generator().manual_seed(args.seed + 1_000_003)
+    if args.data == "gmm":
+        return _gmm().sample(n, generator=gen).to(torch.float32)
+    data = "two_moons" if args.data == "moons" else args.data
+    return train.DATASETS[data](n, gen, dtype=torch.float32)
+
+
+def _gmm():
+    import torch
+
+    from .analytic import GaussianMixture
+
+    ang = torch.arange(8, dtype=torch.float32) * (2 * torch.pi / 8)
+    return GaussianMixture(2.0 * torch.stack([ang.cos(), ang.sin()], 1), torch.full((8,), 0.3))
+
+
+_ARTICLE = {"eps": "an", "x0": "an", "v": "a", "score": "a", "velocity": "a", "denoiser": "a"}
+
+
+def check_sample_args(args) -> None:
+    """Every check that needs no model: solver name, --process/--param, --schedule, --out,
+    --cache. Raises CLIError with a one-line message."""
+    import difflib
+
+    from . import solvers
+
+    if args.solver not in solvers.REGISTRY:
+        names = sorted(solvers.REGISTRY)
+        close = difflib.get_close_matches(args.solver, names, n=1) or [n for n in names if n.lower() == args.solver.lower()]
+        hint = f" (did you mean {close[0]}?)" if close else ""
+        raise CLIError(f"unknown solver {args.solver!r} for --solver{hint}; valid names are {', '.join(names)}")
+    params = valid_params(args.process)
+    if args.param not in params:
+        raise CLIError(
+            f"--param {args.param} cannot be sampled with --process {args.process}: {PROCESSES[args.process]} starts "
+            f"from pure noise (alpha = 0), where {_ARTICLE.get(args.param, 'a')} {args.param} output does not determine the data; valid --param "
+            f"values for --process {args.process} are {_and(params)}")
+    if args.schedule is not None and args.schedule not in valid_schedules(args.process):
+        ok = valid_schedules(args.process)
+        raise CLIError(
+            f"--schedule {args.schedule} cannot span --process {args.process}: it spaces times by log-SNR, which is "
+            f"infinite where {PROCESSES[args.process]} starts; valid --schedule values for --process {args.process} "
+            f"are {_and(ok)} (or leave --schedule out)")
+    plt = _matplotlib()
+    check_output(args.out, "--out", _image_types(plt) if plt is not None else None)
+    if args.data != "gmm":
+        check_cache(args.cache)
+
+
+def draw_samples(args, show: bool = False):
+    """The samples ``unigen sample`` draws for these parsed arguments: (x, info, schedule name).
+    Trains (or loads from --cache) the model for a data set other than gmm."""
+    import torch
+
+    from ._utils import IncompatibleSolverError, SingularConversionError
+    from .sample import sample
+    from .schedules import default_schedule
+
+    torch.manual_seed(args.seed)
+    process = _make_process(args.process)
+    gen = torch.Generator().manual_seed(args.seed)
+    small = args.data != "digits"
+    with _OneThread() if small else _NoOp():
+        if args.data == "gmm":  # the exact oracle: eight modes on a circle
+            model, shape = _gmm().model(process, args.param), (args.n, 2)
+        else:
+            try:
+                model = _train(args, process, gen, show)
+            except ImportError as e:  # digits without scikit-learn
+                raise CLIError(f"--data {args.data} needs a package that is not installed: {e}") from None
+            except FloatingPointError as e:
+                raise CLIError(f"training for --data {args.data} --process {args.process} --param {args.param} "
+                               f"failed: {e}") from None
+            shape = (args.n,) + ((1, 8, 8) if args.data == "digits" else (2,))
+        bar = progress_bar(args.steps, f"sample ({args.solver})", show)
+        try:
+            x, info = sample(model, args.solver, steps=args.steps, schedule=args.schedule, shape=shape, generator=gen,
+                             dtype=torch.float32, callback=lambda i, t, z: bar.update(1))
+        except (SingularConversionError, IncompatibleSolverError, ValueError, FloatingPointError) as e:
+            raise CLIError(f"--solver {args.solver} with --process {args.process} --param {args.param} "
+                           f"--steps {args.steps} failed: {e}") from None
+        finally:
+            bar.close()
+    schedule = args.schedule or default_schedule(process)
+    return x, info, schedule
+
+
+class _NoOp:
+    def __enter__(self):
+        pass
+
+    def __exit__(self, *exc):
+        pass
+
+
+def _plot(plt, args, x, info, schedule, ref):
+    """Scatter of the samples over a faint reference (image grids side by side for digits),
+    titled with everything that produced them."""
+    title = (f"{args.data}: {PROCESSES[args.process]} / {args.param} / {args.solver}\n"
+             f"{schedule} schedule, {args.steps} steps, NFE {info.nfe}, {x.shape[0]} samples")
+    what = "exact samples" if args.data == "gmm" else "training data"
+    x, ref = x.detach().cpu().float(), ref.detach().cpu().float()
+    if x.ndim == 2:
+        fig, ax = plt.subplots(figsize=(5.5, 6))
+        ax.scatter(ref[:, 0], ref[:, 1], s=2, alpha=0.12, color="0.45", linewidths=0, label=f"reference ({what})")
+        ax.scatter(x[:, 0], x[:, 1], s=2, alpha=0.6, color="C0", linewidths=0, label="samples")
+        ax.set_aspect("equal")
+        ax.legend(loc="upper right", fontsize=7, markerscale=4, framealpha=0.8)
+        ax.set_title(title, fontsize=9)
+    else:
+        k = max(min(int(x.shape[0] ** 0.5), 8), 1)
+        fig = plt.figure(figsize=(2 * k + 0.5, k + 1))
+        left, right = fig.subfigures(1, 2)
+        for sub, imgs, name, alpha in ((left, x, "samples", 1.0), (right, ref, f"reference ({what})", 0.45)):
+            axes = sub.subplots(k, k, squeeze=False)
+            for ax, img in zip(axes.flat, imgs[: k * k]):
+                ax.imshow(img[0], cmap="gray", vmin=-1, vmax=1, alpha=alpha)
+                ax.axis("off")
+            sub.suptitle(name, fontsize=9)
+        fig.suptitle(title.replace("\n", ", "), fontsize=9, y=1.0)
+    fig.savefig(args.out, dpi=100, bbox_inches="tight")
+    plt.close(fig)
 
 
 def _sample(args) -> int:
@@ -202,65 +501,19 @@ def _sample(args) -> int:
 
     import torch
 
-    from . import solvers
-    from ._utils import IncompatibleSolverError, SingularConversionError
-    from .analytic import GaussianMixture
-    from .sample import sample
-    from .schedules import make_grid
-
-    if args.solver not in solvers.REGISTRY:
-        print(f"unknown solver {args.solver!r}; valid names are {', '.join(sorted(solvers.REGISTRY))}", file=sys.stderr)
-        return 2
-    show = _show_progress(args)
-    torch.manual_seed(args.seed)
-    process = _make_process(args.process)
-    if args.schedule is not None:  # a schedule that cannot span this process's range (e.g. log-SNR at SNR 0)
-        try:
-            make_grid(process, args.schedule, args.steps)
-        except ValueError as e:
-            print(f"unigen sample: error: {e}", file=sys.stderr)
-            return 2
-    gen = torch.Generator().manual_seed(args.seed)
-    if args.data == "gmm":  # the exact oracle: eight modes on a circle
-        ang = torch.arange(8, dtype=torch.float32) * (2 * torch.pi / 8)
-        gm = GaussianMixture(2.0 * torch.stack([ang.cos(), ang.sin()], 1), torch.full((8,), 0.3))
-        model, shape = gm.model(process, args.param), (args.n, 2)
-    else:
-        model = _train(args, process, gen, show)
-        shape = (args.n,) + ((1, 8, 8) if args.data == "digits" else (2,))
-    bar = progress_bar(args.steps, f"sample ({args.solver})", show)
     try:
-        x, info = sample(model, args.solver, steps=args.steps, schedule=args.schedule, shape=shape, generator=gen,
-                         dtype=torch.float32, callback=lambda i, t, z: bar.update(1))
-    except (SingularConversionError, IncompatibleSolverError) as e:  # a combination that cannot work
-        print(f"unigen sample: error: {e}", file=sys.stderr)
-        return 2
-    finally:
-        bar.close()
+        check_sample_args(args)  # before any training or sampling
+        x, info, schedule = draw_samples(args, _show_progress(args))
+    except CLIError as e:
+        return _fail("sample", str(e))
     print(f"{args.solver}: {args.steps} steps, {info.nfe} model calls, {x.shape[0]} samples")
-    try:
-        import matplotlib
-
-        matplotlib.use("Agg")
-        import matplotlib.pyplot as plt
-    except ImportError:
-        torch.save(x, pathlib.Path(args.out).with_suffix(".pt"))
-        print("matplotlib is not installed (pip install 'unigen[plot]'): saved the samples as .pt instead")
+    plt = _matplotlib()
+    if plt is None:
+        out = pathlib.Path(args.out).expanduser().with_suffix(".pt")
+        torch.save(x, out)
+        print(f"matplotlib is not installed (pip install 'unigen[plot]'): saved the samples to {out} instead")
         return 0
-    x = x.detach().cpu()
-    if x.ndim == 2:
-        fig, ax = plt.subplots(figsize=(5, 5))
-        ax.scatter(x[:, 0], x[:, 1], s=2, alpha=0.5)
-        ax.set_aspect("equal")
-    else:
-        k = min(int(x.shape[0] ** 0.5), 8)
-        fig, axes = plt.subplots(k, k, figsize=(k, k))
-        for ax, img in zip(axes.flat, x[: k * k]):
-            ax.imshow(img[0], cmap="gray")
-            ax.axis("off")
-    fig.suptitle(f"{args.data}, {args.process}/{args.param}, {args.solver}, NFE {info.nfe}")
-    fig.savefig(args.out, dpi=100)
-    plt.close(fig)
+    _plot(plt, args, x, info, schedule, reference_samples(args, x.shape[0]))
     print(f"wrote {args.out}")
     return 0
 
@@ -282,15 +535,23 @@ def _positive_int(text: str) -> int:
     return v
 
 
+class _Parser(argparse.ArgumentParser):
+    """argparse with one-line errors: ``unigen sample: error: MESSAGE (see unigen sample --help)``
+    on stderr and exit status 2, instead of the usage block followed by the message."""
+
+    def error(self, message):
+        self.exit(2, f"{self.prog}: error: {_one_line(message)} (see {self.prog} --help)\n")
+
+
 def build_parser() -> argparse.ArgumentParser:
     """The ``unigen`` parser: subcommands verify, sample and bench, each with --help and examples."""
     from .parametrization import PARAMETRIZATIONS
     from .solvers import REGISTRY
 
     fmt = argparse.RawDescriptionHelpFormatter
-    parser = argparse.ArgumentParser(prog="unigen", description=__doc__, epilog=EPILOG, formatter_class=fmt)
+    parser = _Parser(prog="unigen", description=__doc__, epilog=EPILOG, formatter_class=fmt)
     parser.add_argument("--version", action="version", version=f"unigen {__version__}")
-    common = argparse.ArgumentParser(add_help=False)
+    common = _Parser(add_help=False)
     common.add_argument("--progress", action=argparse.BooleanOptionalAction, default=None,
                         help="progress on stderr (default: on when stderr is a terminal)")
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
@@ -320,8 +581,8 @@ def build_parser() -> argparse.ArgumentParser:
     sp.add_argument("--n", type=_positive_int, default=2000, help="number of samples (default: 2000)")
     sp.add_argument("--out", default="samples.png", help="output image (default: samples.png)")
     sp.add_argument("--seed", type=int, default=0, help="seed for training, prior draw and stochastic steps")
-    sp.add_argument("--train-steps", type=_positive_int, default=1500,
-                    help="training budget when no cached model exists (default: 1500)")
+    sp.add_argument("--train-steps", type=_positive_int, default=TRAIN_STEPS,
+                    help=f"training budget when no cached model exists (default: {TRAIN_STEPS})")
     sp.add_argument("--cache", default="~/.cache/unigen", help="directory of trained models (default: ~/.cache/unigen)")
     sp.set_defaults(func=_sample)
 
