@@ -475,7 +475,7 @@ def _plot(plt, args, x, info, schedule, ref):
     x, ref = x.detach().cpu().float(), ref.detach().cpu().float()
     if x.ndim == 2:
         fig, ax = plt.subplots(figsize=(5.5, 6))
-        ax.scatter(ref[:, 0], ref[:, 1], s=2, alpha=0.12, color="0.45", linewidths=0, label=f"reference ({what})")
+        ax.scatter(ref[:, 0], ref[:, 1], s=3, alpha=0.25, color="0.4", linewidths=0, label=f"reference ({what})")
         ax.scatter(x[:, 0], x[:, 1], s=2, alpha=0.6, color="C0", linewidths=0, label="samples")
         ax.set_aspect("equal")
         ax.legend(loc="upper right", fontsize=7, markerscale=4, framealpha=0.8)
