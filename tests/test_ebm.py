@@ -2,7 +2,7 @@
 acceptance, a short contrastive-divergence run, and bad input.
 
 References: the analytic score -A x and law N(0, A^-1) of E = x^T A x / 2, ULA's closed-form
-stationary covariance A^-1 (I - delta A / 2)^-1 (math sheet section 6), and the
+stationary covariance A^-1 (I - delta A / 2)^-1 (docs/theory.md, section 6c), and the
 Gaussian-mixture oracle's score for a noise-conditional energy. MC bounds: 5 CLT standard
 errors from the samples, fixed seeds.
 """

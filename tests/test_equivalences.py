@@ -59,7 +59,7 @@ def test_ddim_on_vp_is_euler_on_flow_matching(param, schedule):
     fm_model = model.to(process=fm, parametrization="velocity")
     x_fm, _ = ug.sample(fm_model, ug.Euler(), schedule=t_fm, noise=Z * c[0])
     torch.testing.assert_close(x_fm / c[-1], x_vp, **TOL)
-    # counter-check (math sheet pitfall 9): Euler in t on the VP ODE is a different sampler
+    # counter-check (DDIM is Euler in the sigma clock, not in t): Euler in t on the VP ODE is a different sampler
     x_vp_euler, _ = ug.sample(model, ug.Euler(), schedule=ts, noise=Z)
     assert (x_vp_euler - x_vp).abs().max() > 1e-3
 
@@ -125,8 +125,8 @@ def test_adaptive_matches_exact_flow():
 
 
 @pytest.mark.parametrize("order", [1, 2, 3])
-def test_multistep_warmup_and_math_sheet_order_table(order):
-    """DPM-Solver++ multistep at N = 64 on a lambda-uniform grid is within the sheet's error scale."""
+def test_multistep_warmup_and_order_table(order):
+    """DPM-Solver++ multistep at N = 64 on a lambda-uniform grid is within the error scale expected for its order."""
     gauss = ug.GaussianMixture(torch.tensor([[0.5, -1.0]]), torch.tensor([[0.6, 1.3]]))
     p = ug.VP.linear()
     exact = gauss.exact_ode_solution(Z, 1.0, 1e-3, p)

@@ -1,7 +1,7 @@
 """Langevin-type samplers: ULA, MALA, annealed Langevin (NCSN), predictor-corrector.
 
 References are independent of the code under test: closed-form stationary laws of ULA on
-Gaussians (math sheet section 6), exact draws and log-densities of the Gaussian-mixture
+Gaussians (docs/theory.md, section 6c), exact draws and log-densities of the Gaussian-mixture
 oracle, and the algebraic signal-to-noise identity of score_sde's corrector. Monte-Carlo
 checks use CLT standard errors computed from the samples (4 SE bounds, fixed seeds).
 """

@@ -69,7 +69,7 @@ def test_weighted_loss_equals_direct_target_mse(name, param, us, seed):
 
 
 def closed_form_weight(target, p, name, t):
-    """w(t) on ||eps_hat - eps||^2, from the math sheet's section 8 (written independently)."""
+    """w(t) on ||eps_hat - eps||^2, from docs/theory.md, section 10 (written independently)."""
     a, s = p.alpha(t), p.sigma(t)
     snr = a * a / (s * s)
     if target == "eps":
@@ -191,7 +191,7 @@ def test_density_form_weightings_do_not_depend_on_the_sampler():
 
 def test_elbo_weight_is_the_continuous_vlb():
     """Per sample with t ~ U[0, 1]: 1/2 (-dSNR/dt) ||x - x_hat||^2 (the t-derivative of the DDPM
-    VLB term 1/2 (SNR_s - SNR_t) ||x - x_hat||^2, math sheet section 7) = elbo-weighted loss."""
+    VLB term 1/2 (SNR_s - SNR_t) ||x - x_hat||^2, docs/theory.md, section 9) = elbo-weighted loss."""
     p = ug.VP.linear()
     g = torch.Generator().manual_seed(2)
     t = 0.02 + 0.96 * torch.rand(8, generator=g)

@@ -48,7 +48,7 @@ def test_oracle_x0_converted_equals_direct_formula(name):
         torch.testing.assert_close(ug.convert(ref, z, t, p, dst, "x0"), x0, rtol=1e-9, atol=1e-9)
 
 
-def test_math_sheet_closed_forms():
+def test_closed_form_conversions():
     z = torch.randn(5, 2)
     out = torch.randn(5, 2)
     vp = ug.VP.linear()

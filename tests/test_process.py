@@ -46,7 +46,7 @@ def test_t_from_log_snr_inverts(p, us):
 
 @given(processes, st.lists(unit, min_size=1, max_size=8))
 def test_sde_coefficients(p, us):
-    """f = d log alpha/dt and d sigma^2/dt = 2 f sigma^2 + g^2 (math sheet, section 2)."""
+    """f = d log alpha/dt and d sigma^2/dt = 2 f sigma^2 + g^2 (docs/theory.md, section 1)."""
     t = times(p, us)
     torch.testing.assert_close(grad(p.alpha, t), p.drift(t) * p.alpha(t), rtol=1e-10, atol=1e-10)
     dvar = grad(lambda u: p.sigma(u) ** 2, t)
@@ -85,7 +85,7 @@ def test_discrete_matches_cumprod_at_grid_points():
     torch.testing.assert_close(p.timestep(t), n.double(), rtol=0, atol=1e-9)
     assert p.t_min == 0.0 and p.sample_end == pytest.approx(1e-3) and p.t_max == 1.0
     assert float(p.alpha(torch.tensor(0.0))) == 1.0  # the clean point (set_alpha_to_one)
-    # the math sheet's numbers for this table
+    # known values of the linear 1000-step DDPM table
     assert float(abar[-1]) == pytest.approx(4.04e-5, rel=1e-2)
     lo, hi = float(p.log_snr(torch.tensor(1.0))), float(p.log_snr(torch.tensor(1e-3)))
     assert lo == pytest.approx(-10.12, abs=0.01) and hi == pytest.approx(9.21, abs=0.01)
@@ -118,7 +118,7 @@ def test_cosine_matches_nichol_dhariwal():
     d = ug.VP.discrete(betas)
     t = torch.arange(1, T) / T  # all but the clipped last step
     torch.testing.assert_close(d.alpha(t), p.alpha(t), rtol=1e-10, atol=1e-14)
-    assert float(d.alpha(torch.tensor(1.0)) ** 2) == pytest.approx(2.4e-9, rel=0.1)  # math sheet
+    assert float(d.alpha(torch.tensor(1.0)) ** 2) == pytest.approx(2.4e-9, rel=0.1)  # alpha_bar at the clipped last step
 
 
 def test_cosine_with_s0_is_the_cosine_interpolant():

@@ -154,18 +154,21 @@ class GaussianMixture:
         """An exact :class:`~unigen.model.Model` of this mixture under ``process`` in ``parametrization``.
 
         Each output type is assembled from the exact (x0, eps, score) triple, never by dividing
-        by alpha or sigma, so it stays finite wherever the quantity itself is finite.
+        by alpha or sigma, so it stays finite wherever the quantity itself is finite. Being
+        exact at every time, it is valid on the whole domain (``t_range = (t_min, t_max)``,
+        also for a DDPM table, whose networks are trained on [1/N, 1] only).
         """
         from .model import Model
 
         check_parametrization(parametrization)
+        everywhere = (float(process.t_min), float(process.t_max))
         if parametrization == "denoiser":
 
             def fn(y, s):
                 one = torch.ones_like(s)
                 return self.posterior(y, one, s)[0]
 
-            return Model(fn, process, "denoiser", energy=self.energy_fn(process))
+            return Model(fn, process, "denoiser", energy=self.energy_fn(process), t_range=everywhere)
 
         def fn(z, t):
             self._check_event(z)
@@ -179,7 +182,7 @@ class GaussianMixture:
             a, b = _Coefs(process, t, z).ab(parametrization)
             return a * x0 + b * eps
 
-        return Model(fn, process, parametrization, energy=self.energy_fn(process))
+        return Model(fn, process, parametrization, energy=self.energy_fn(process), t_range=everywhere)
 
     def energy_fn(self, process):
         """E(z, t) = -log p_t(z) (exactly normalised), so grad_z E = -score."""

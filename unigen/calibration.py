@@ -30,7 +30,7 @@ import torch
 from torch import Tensor
 
 from .model import Model
-from .schedules import check_grid, default_schedule, make_grid, sample_range
+from .schedules import check_grid, default_schedule, make_grid
 
 __all__ = ["CalibrationResult", "nelder_mead", "ode_endpoint", "optimize_schedule", "optimized_grid"]
 
@@ -162,7 +162,7 @@ def optimize_schedule(
             the objective compares against a tight reference). Default: ``n`` draws of shape
             ``(n, *event_shape)`` and ``dtype`` from ``generator`` (seeded if None), scaled to
             sigma(t_start).
-        t_start, t_end: the sampling range (default: ``sample_range(process)``).
+        t_start, t_end: the sampling range (default: ``model.default_range()``).
         base: the schedule the positions are read along and the starting point
             (default: the process's default schedule).
         max_evals: objective evaluations (sampling runs of the calibration batch); default
@@ -178,10 +178,11 @@ def optimize_schedule(
     if isinstance(steps, bool) or not isinstance(steps, int) or steps < 1:
         raise ValueError(f"steps must be a positive integer, got {steps!r}")
     process = model.process
-    lo_default, hi_default = sample_range(process)
+    lo_default, hi_default = model.default_range()
     t0 = float(lo_default if t_start is None else t_start)
     t1 = float(hi_default if t_end is None else t_end)
-    base = base or default_schedule(process)
+    model.check_times(torch.tensor([t0, t1], dtype=torch.float64), "t_start/t_end", landing=True)
+    base = base or default_schedule(process, t0)
     max_evals = max(300, 75 * steps) if max_evals is None else int(max_evals)
     per = -(-_DENSE // steps)  # dense intervals per default step: theta = 0 lands on dense points
     dense = make_grid(process, base, per * steps, t_start=t0, t_end=t1)

@@ -4,7 +4,7 @@ r"""The sampling loop as one compiled graph or one CUDA graph.
 floats, validation) and then runs :func:`unigen.sample.integrate`, a loop whose steps do
 only tensor arithmetic with 0-dim tensor coefficients, branching on Python ints and
 floats. :func:`compiled_sampler` does the preparation once, eagerly, with the same pieces
-(``_grid_times``, ``_grid``, ``Solver.check``, ``_check_start``), and hands the loop alone to
+(``model_grid``, ``_grid``, ``Solver.check``, ``_check_start``), and hands the loop alone to
 
 * ``mode="compile"``: ``torch.compile`` (``fullgraph=True`` by default, so a graph break or
   host sync in a step is an error, not a silent fallback); the loop unrolls into one graph of
@@ -34,8 +34,7 @@ from torch import Tensor
 
 from ._utils import compute_dtype
 from .model import Model
-from .sample import _grid_times, integrate, prepared_grid
-from .schedules import default_schedule
+from .sample import check_model_kwargs, integrate, model_grid, prepared_grid
 from .solvers.base import Dynamics, Noise, get_solver
 
 __all__ = ["MODES", "CompiledSampler", "compiled_sampler"]
@@ -113,13 +112,15 @@ def compiled_sampler(
     mode: str = "compile",
     warmup: int = 2,
     compile_mode: str | None = None,
+    model_kwargs: dict | None = None,
     **compile_kwargs,
 ) -> CompiledSampler:
     r"""A sampler ``noise -> x`` equal to ``ug.sample(model, solver, steps, schedule, noise=noise)[0]``
     whose loop runs compiled (``mode="compile"``), as a CUDA graph (``"cuda_graph"``) or eagerly.
 
     Args:
-        model, solver, steps, schedule, t_start, t_end: as for :func:`unigen.sample`.
+        model, solver, steps, schedule, t_start, t_end, model_kwargs: as for
+            :func:`unigen.sample` (``model_kwargs`` are fixed here: the graph holds them).
         shape, dtype, device: of the noise every call takes (fixed: a graph is shape-static).
         mode: ``"compile"``, ``"cuda_graph"`` or ``"eager"``.
         warmup: eager runs before capture (``"cuda_graph"``).
@@ -129,7 +130,8 @@ def compiled_sampler(
             ``backend="aot_eager"``).
 
     Compilation happens on the first call (torch.compile) or here (CUDA graph). Inference only:
-    the loop runs under ``torch.no_grad()``.
+    the loop runs under ``torch.no_grad()``. Unlike ``sample`` it does not check the result
+    for non-finite values (that check syncs the host once per call); check the output yourself.
     """
     if mode not in MODES:
         raise ValueError(f"mode must be one of {', '.join(MODES)}, got {mode!r}")
@@ -151,17 +153,17 @@ def compiled_sampler(
     solver = get_solver(solver)
     if solver.syncs_host:
         raise ValueError(f"{type(solver).__name__} adapts its steps on the host and cannot be compiled or captured")
-    process = model.process
-    ts = _grid_times(process, default_schedule(process) if schedule is None else schedule, steps, t_start, t_end)
+    model_kwargs = check_model_kwargs(model_kwargs)
+    ts = model_grid(model, schedule, steps, t_start, t_end)
     work = compute_dtype(dtype)
     grid = prepared_grid(model, solver, ts, dtype, device)
     noise_fn = Noise(None)
     # build the solver's plan now, eagerly: traced, its coefficient tensors would become graph values
-    solver.init(Dynamics(model, dtype), torch.zeros(shape, dtype=work, device=device), grid)
+    solver.init(Dynamics(model, dtype, model_kwargs), torch.zeros(shape, dtype=work, device=device), grid)
 
     def loop(z: Tensor) -> Tensor:
         with torch.no_grad():
-            dyn = Dynamics(model, dtype)  # fresh per call: its nfe counter is not an input of the graph
+            dyn = Dynamics(model, dtype, model_kwargs)  # fresh per call: its nfe counter is not an input of the graph
             return integrate(solver, dyn, z.to(work), grid, noise_fn).to(dtype)
 
     nfe = solver.expected_nfe(grid.n, grid.ends_at_zero)

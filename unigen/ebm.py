@@ -7,7 +7,7 @@ score-based solver and the Metropolis-adjusted sampler (:class:`~unigen.solvers.
 needs E for its accept test) run on it. A noise-conditional energy E(z, t) (Song & Ermon 2019;
 Salimans & Ho 2021) is -log p_t(z) + const at every t of ``process``.
 
-**Contrastive divergence** (Hinton 2002; Du & Mordatch 2019; math sheet, section 7): with
+**Contrastive divergence** (Hinton 2002; Du & Mordatch 2019; docs/theory.md, section 11): with
 negatives x^- drawn (approximately) from p_theta,
 
     grad_theta E_data[-log p_theta] = E_data[grad_theta E] - E_{p_theta}[grad_theta E],
@@ -102,7 +102,7 @@ class EnergyModel(Model):
         return -g if create_graph else -g.detach()
 
     # Model.raw applies time_input before fn; the energy applies it itself (above)
-    def raw(self, z, t, coefs=None):
+    def raw(self, z, t, coefs=None, model_kwargs=None):
         return self._score(z, t)
 
 

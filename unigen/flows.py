@@ -393,8 +393,8 @@ class ContinuousFlow(Bijector):
 
     Args:
         model: any :class:`~unigen.model.Model`.
-        t0, T: data and noise times; default as in ``log_likelihood`` (T = t_max, t0 = the
-            smallest customary time with finite log-SNR).
+        t0, T: data and noise times; default as in ``log_likelihood``
+            (:func:`unigen.likelihood.likelihood_range`).
         rtol, atol, method: torchdiffeq settings.
         divergence: "exact" or "hutchinson" (``n_probes`` Rademacher/Gaussian ``probe``s, drawn
             with the ``generator`` given to forward/inverse).
@@ -404,8 +404,7 @@ class ContinuousFlow(Bijector):
     def __init__(self, model: Model, t0: float | None = None, T: float | None = None, rtol: float = 1e-5, atol: float = 1e-5,
                  divergence: str = "exact", n_probes: int = 1, probe: str = "rademacher", method: str = "dopri5", grad: bool = False):  # fmt: skip
         super().__init__()
-        from .likelihood import DIVERGENCES, PROBES
-        from .schedules import _finite_end, sample_range
+        from .likelihood import DIVERGENCES, PROBES, likelihood_range
 
         if not isinstance(model, Model):
             raise TypeError(f"model must be a unigen Model, got {type(model).__name__}")
@@ -414,12 +413,7 @@ class ContinuousFlow(Bijector):
         if probe not in PROBES:
             raise ValueError(f"unknown probe {probe!r}; valid names are {', '.join(PROBES)}")
         _check_int("n_probes", n_probes)
-        process = model.process
-        self.T = sample_range(process)[0] if T is None else float(T)
-        self.t0 = _finite_end(process) if t0 is None else float(t0)
-        if not self.T > self.t0:
-            raise ValueError(f"T must exceed t0, got t0={self.t0}, T={self.T}")
-        process.check_t(torch.tensor([self.t0, self.T], dtype=torch.float64), "t0/T")
+        self.t0, self.T = likelihood_range(model, t0, T)
         self.model = model
         self.kw = {"rtol": rtol, "atol": atol, "method": method}
         self.divergence, self.n_probes, self.probe, self.grad = divergence, n_probes, probe, bool(grad)

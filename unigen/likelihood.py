@@ -28,10 +28,11 @@ from torch import Tensor, nn
 
 from .model import Model
 from .noise import randn
-from .schedules import _finite_end, sample_range
+from .sample import check_model_kwargs
+from .schedules import _finite_end
 from .solvers.adaptive import landing_options
 
-__all__ = ["log_likelihood", "bits_per_dim", "discrete_vlb", "LikelihoodInfo", "VLBResult", "divergence"]
+__all__ = ["log_likelihood", "likelihood_range", "bits_per_dim", "discrete_vlb", "LikelihoodInfo", "VLBResult", "divergence"]
 
 DIVERGENCES = ("exact", "hutchinson")
 PROBES = ("rademacher", "gaussian")
@@ -82,9 +83,9 @@ def divergence(v: Tensor, z: Tensor, probes: Tensor | None = None, create_graph:
 class _AugmentedODE(nn.Module):
     """(z, Delta) -> (u, div u): the vector field torchdiffeq integrates (an nn.Module for the adjoint)."""
 
-    def __init__(self, model: Model, probes: Tensor | None, params: list):
+    def __init__(self, model: Model, probes: Tensor | None, params: list, model_kwargs: dict | None = None):
         super().__init__()
-        self.model, self.probes = model, probes
+        self.model, self.probes, self.model_kwargs = model, probes, model_kwargs
         self._params = nn.ParameterList([p for p in params if isinstance(p, nn.Parameter)])
         self.nfe = 0
 
@@ -94,7 +95,7 @@ class _AugmentedODE(nn.Module):
         with torch.enable_grad():
             zz = z if z.requires_grad else z.detach().requires_grad_(True)
             self.nfe += 1
-            v = self.model.predict(zz, t).velocity
+            v = self.model.predict(zz, t, self.model_kwargs).velocity
             div = divergence(v, zz, self.probes, create_graph=outer_grad, reduce=False)
         if not outer_grad:
             v, div = v.detach(), div.detach()
@@ -128,6 +129,22 @@ def _gaussian_prior(std: float):
     return logp
 
 
+def likelihood_range(model: Model, t0: float | None = None, T: float | None = None) -> tuple[float, float]:
+    """(t0, T) of a likelihood solve: the given times, checked against the process's domain and
+    the model's valid ``t_range``, or the defaults: T the start of ``model.default_range()``,
+    t0 the smallest customary time with finite log-SNR, raised to the model's ``t_range``."""
+    process = model.process
+    explicit = t0 is not None or T is not None
+    T = model.default_range()[0] if T is None else float(T)
+    t0 = max(_finite_end(process), model.t_range[0]) if t0 is None else float(t0)
+    if not T > t0:
+        raise ValueError(f"T must exceed t0, got t0={t0}, T={T}")
+    process.check_t(torch.tensor([t0, T], dtype=torch.float64), "t0/T")
+    if explicit:
+        model.check_times(torch.tensor([t0, T], dtype=torch.float64), "t0/T")
+    return t0, T
+
+
 def log_likelihood(
     model: Model,
     x: Tensor,
@@ -146,6 +163,7 @@ def log_likelihood(
     generator=None,
     return_info: bool = False,
     options: dict | None = None,
+    model_kwargs: dict | None = None,
 ):
     r"""log p_{t0}(x) in nats per sample, through the probability-flow ODE.
 
@@ -154,14 +172,18 @@ def log_likelihood(
         x: data [batch, ...] (the state at t0).
         divergence: "exact" or "hutchinson" (``n_probes`` probes of kind ``probe``).
         rtol, atol, method, options: passed to torchdiffeq.
-        t0, T: integration range; default: the process's sampling range reversed (t0 is the
-            smallest time with finite log-SNR, e.g. 1e-3 for VP, sigma_min for EDM).
+        t0, T: integration range; default: the model's sampling range reversed
+            (``Model.default_range``; t0 is the smallest time with finite log-SNR, e.g. 1e-3
+            for VP, sigma_min for EDM, raised to the model's valid ``t_range``). Times outside
+            ``t_range`` are refused.
         prior: callable z -> log p_T(z) [batch]; default N(0, sigma_T^2 I).
         grad: keep the graph so the result can be differentiated w.r.t. the model's parameters
             (and x) by backpropagation through the solver.
         adjoint: with ``grad``, use torchdiffeq's adjoint method instead (Chen et al. 2018).
         generator: for the Hutchinson probes.
         return_info: also return a :class:`LikelihoodInfo` (prior and divergence parts, NFE).
+        model_kwargs: keyword arguments for every network call (conditioning), giving
+            log p(x | condition).
     """
     from torchdiffeq import odeint, odeint_adjoint
 
@@ -177,12 +199,11 @@ def log_likelihood(
         raise ValueError(f"n_probes must be an integer >= 1, got {n_probes!r}")
     if adjoint and not grad:
         raise ValueError("adjoint=True computes gradients: pass grad=True as well")
+    if not bool(torch.isfinite(x).all()):
+        raise ValueError(f"x contains {int((~torch.isfinite(x)).sum())} non-finite values")
+    model_kwargs = check_model_kwargs(model_kwargs)
     process = model.process
-    T = sample_range(process)[0] if T is None else float(T)
-    t0 = _finite_end(process) if t0 is None else float(t0)
-    if not T > t0:
-        raise ValueError(f"T must exceed t0, got t0={t0}, T={T}")
-    process.check_t(torch.tensor([t0, T], dtype=torch.float64), "t0/T")
+    t0, T = likelihood_range(model, t0, T)
     if prior is None:
         prior = _gaussian_prior(float(process.sigma(torch.tensor(T, dtype=torch.float64))))
     elif not callable(prior):
@@ -195,7 +216,7 @@ def log_likelihood(
         probes = g if probe == "gaussian" else torch.sign(g)
 
     params = _parameters(model) if grad else []
-    func = _AugmentedODE(model, probes, params)
+    func = _AugmentedODE(model, probes, params, model_kwargs)
     ts = torch.tensor([t0, T], dtype=x.dtype, device=x.device)
     delta_shape = (x.shape[0],) if probes is None else (n_probes, x.shape[0])
     state = (x, torch.zeros(delta_shape, dtype=x.dtype, device=x.device))

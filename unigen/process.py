@@ -6,7 +6,7 @@ Every process is a small value object that answers, for a tensor of times ``t``:
 * the full log-SNR  ``lam(t) = log(alpha^2 / sigma^2)`` (Kingma et al. 2021), strictly
   decreasing in t, and its inverse ``t_from_log_snr``;
 * the forward SDE  ``dz = f_t z dt + g_t dW`` with ``f = d log(alpha)/dt`` and
-  ``g^2 = d sigma^2/dt - 2 f sigma^2 = -sigma^2 d lam/dt`` (math sheet, section 2).
+  ``g^2 = d sigma^2/dt - 2 f sigma^2 = -sigma^2 d lam/dt`` (docs/theory.md, section 1).
 
 Time runs from data (``t_min``) to noise (``t_max``). All methods are elementwise, keep
 the dtype/device of ``t`` and never synchronise the host, so they may be called inside
@@ -137,6 +137,12 @@ class Process:
     def check_t(self, t: Tensor, name: str = "t") -> None:
         """Raise a ValueError naming ``name`` if t leaves [t_min, t_max] (host sync: API edges only)."""
         check_in_domain(t, self.t_min, self.t_max, type(self).__name__, name)
+
+    @property
+    def model_range(self) -> tuple[float, float]:
+        """The times a network of this process is trained on and may be called at: the
+        whole domain [t_min, t_max] unless the family says otherwise (a DDPM table: [1/N, 1])."""
+        return float(self.t_min), float(self.t_max)
 
     @property
     def log_snr_range(self) -> tuple[float, float]:
@@ -410,6 +416,11 @@ class VPDiscrete(VP):
         return t
 
     @property
+    def model_range(self) -> tuple[float, float]:
+        """[1/N, 1]: timesteps 0..N-1; t = 0 is the clean point a last step lands on, never an input."""
+        return 1.0 / self.num_timesteps, 1.0
+
+    @property
     def breakpoints(self) -> list[float]:
         """The knots t = k/N, where alpha'(t) jumps (adaptive integrators step onto them)."""
         return self._t_knots.tolist()
@@ -676,7 +687,7 @@ def time_change(src: Process, dst: Process, t) -> tuple[Tensor, Tensor]:
     r"""Map a time of ``src`` to the time of equal log-SNR in ``dst``.
 
     Returns ``(t_dst, scale)`` with ``scale = alpha_dst(t_dst)/alpha_src(t) = sigma_dst/sigma_src``,
-    so that ``z_dst = scale * z_src`` has the law of dst's marginal (math sheet, section 3).
+    so that ``z_dst = scale * z_src`` has the law of dst's marginal (docs/theory.md, section 5).
     The scale is computed as n_dst/n_src with n = sqrt(alpha^2 + sigma^2), which stays
     finite at zero terminal SNR where the alpha ratio would be 0/0.
     """

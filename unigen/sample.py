@@ -50,6 +50,8 @@ def sample(
     grad: bool = False,
     dtype: torch.dtype | None = None,
     device=None,
+    model_kwargs: dict | None = None,
+    check_finite: bool = True,
 ):
     r"""Draw samples by integrating from noise (t_start) to data (t_end).
 
@@ -65,12 +67,20 @@ def sample(
         shape / noise: draw z ~ N(0, sigma(t_start)^2 I) of ``shape``, or start from ``noise``.
         generator: a torch.Generator or a list of one per batch item (item i then depends
             only on generator i, for the prior and every stochastic step).
-        t_start, t_end: override the process's default range (``schedules.sample_range``).
+        t_start, t_end: override the default range, ``model.default_range()``: the process's
+            customary range (``schedules.sample_range``) cut to the model's valid
+            ``t_range`` (a model moved to another process with ``Model.to`` starts where it
+            is defined, from the prior at that time). Times outside ``t_range`` are refused.
         denoise_final: evaluate the model once more at the last time and return x0_hat.
         return_trajectory: keep z after every step in ``info.trajectory``.
         callback: ``callback(i, t, z)`` after every step.
         progress: show a tqdm bar (optional extra ``progress``).
         grad: keep the autograd graph (differentiate through the sampler).
+        dtype, device: of the prior draw when ``noise`` is not given.
+        model_kwargs: keyword arguments for every network call (conditioning: class labels,
+            text embeddings, ...), e.g. ``model_kwargs={"y": labels}``.
+        check_finite: record, without host syncs, the first step whose result is not
+            finite, and raise ``FloatingPointError`` naming it after the loop (one sync).
 
     Returns:
         (x, info) with ``info.nfe`` the number of model evaluations.
@@ -82,10 +92,9 @@ def sample(
     """
     if not isinstance(model, Model):
         raise TypeError(f"model must be a unigen Model, got {type(model).__name__}")
+    model_kwargs = check_model_kwargs(model_kwargs)
     solver = get_solver(solver)
     process = model.process
-    if schedule is None:
-        schedule = default_schedule(process)
     if isinstance(schedule, str) and schedule == "optimized":
         from .calibration import optimized_grid
 
@@ -93,11 +102,13 @@ def sample(
         data = noise.dtype if isinstance(noise, Tensor) else (dtype or torch.get_default_dtype())
         schedule = optimized_grid(model, solver, steps, event, t_start, t_end, data)
         steps = t_start = t_end = None
-    ts = _grid_times(process, schedule, steps, t_start, t_end)
+    ts = model_grid(model, schedule, steps, t_start, t_end)
 
     if noise is not None:
         if not isinstance(noise, Tensor) or not noise.is_floating_point():
             raise TypeError("noise must be a floating tensor z_T")
+        if not bool(torch.isfinite(noise).all()):
+            raise ValueError(f"noise contains {int((~torch.isfinite(noise)).sum())} non-finite values")
         if shape is not None and tuple(shape) != tuple(noise.shape):
             raise ValueError(f"shape {tuple(shape)} disagrees with noise of shape {tuple(noise.shape)}")
         if device is not None and torch.device(device) != noise.device:
@@ -115,7 +126,7 @@ def sample(
     data_dtype = z.dtype
     work = compute_dtype(data_dtype)
     grid = prepared_grid(model, solver, ts, data_dtype, z.device)
-    dyn = Dynamics(model, data_dtype)
+    dyn = Dynamics(model, data_dtype, model_kwargs)
     noise_fn = Noise(generator)
     z = z.to(work)
     trajectory = [z] if return_trajectory else []
@@ -131,19 +142,25 @@ def sample(
             bar.update(1)
 
     hooks = return_trajectory or callback is not None or bar is not None
+    finite = [] if check_finite else None
     with torch.set_grad_enabled(grad):
-        z = integrate(solver, dyn, z, grid, noise_fn, on_step if hooks else None)
+        z = integrate(solver, dyn, z, grid, noise_fn, on_step if hooks else None, finite)
         if denoise_final:
             z = dyn.predict(z, grid.t[-1]).x0
+            if finite is not None:
+                finite.append(torch.isfinite(z).all())
     if bar is not None:
         bar.close()
+    if finite is not None:
+        raise_if_not_finite(finite, grid, type(solver).__name__)
     info = SampleInfo(nfe=dyn.nfe, times=grid.ts, solver=repr(solver), trajectory=trajectory)
     return z.to(data_dtype), info
 
 
-def integrate(solver, dyn: Dynamics, z: Tensor, grid: Grid, noise_fn: Noise, on_step=None) -> Tensor:
+def integrate(solver, dyn: Dynamics, z: Tensor, grid: Grid, noise_fn: Noise, on_step=None, finite=None) -> Tensor:
     """The loop itself: ``solver.init``, then one step per grid interval, the last one onto
-    sigma = 0 by ``solver.final_step``; ``on_step(i, z)`` after every step.
+    sigma = 0 by ``solver.final_step``; ``on_step(i, z)`` after every step. If ``finite`` is a
+    list, a 0-dim bool tensor "z is finite" is appended after every step (no host sync).
 
     Everything it touches is prepared (grid, plan, dtype), so for the fixed-step solvers it
     is free of host syncs: ``unigen.compile`` traces it (torch.compile) or captures it (CUDA
@@ -155,9 +172,39 @@ def integrate(solver, dyn: Dynamics, z: Tensor, grid: Grid, noise_fn: Noise, on_
             z, state = solver.final_step(dyn, z, i, grid, state, noise_fn)
         else:
             z, state = solver.step(dyn, z, i, grid, state, noise_fn)
+        if finite is not None:
+            finite.append(torch.isfinite(z).all())
         if on_step is not None:
             on_step(i, z)
     return z
+
+
+def raise_if_not_finite(finite: list, grid: Grid, solver: str) -> None:
+    """One host sync after the loop: raise FloatingPointError at the first non-finite step."""
+    if not finite:
+        return
+    ok = torch.stack(finite)
+    if bool(ok.all()):
+        return
+    i = int((~ok).nonzero()[0])
+    if i >= grid.n:  # denoise_final's extra evaluation
+        where = f"the final denoising call at t={grid.times[-1]:.6g}"
+    else:
+        where = f"step {i} of {grid.n} (t={grid.times[i]:.6g} -> {grid.times[i + 1]:.6g})"
+    raise FloatingPointError(
+        f"{solver} produced non-finite values at {where}; the network returned NaN/inf there or the step "
+        "diverged. Check the model at that time (ug.Model(...)(z, t) validates a single call); "
+        "check_finite=False returns the values unchecked"
+    )
+
+
+def check_model_kwargs(model_kwargs) -> dict | None:
+    """``model_kwargs`` must be None or a dict of keyword arguments (names as strings)."""
+    if model_kwargs is None:
+        return None
+    if not isinstance(model_kwargs, dict) or not all(isinstance(k, str) for k in model_kwargs):
+        raise TypeError(f"model_kwargs must be a dict of keyword arguments for the network, got {type(model_kwargs).__name__}")
+    return model_kwargs
 
 
 # Grids are reused across calls with the same settings (sampling in a loop, benchmarks): the
@@ -177,6 +224,24 @@ def _remember(cache: OrderedDict, key, make):
     if len(cache) > _CACHE_SIZE:
         cache.popitem(last=False)
     return value
+
+
+def model_grid(model: Model, schedule, steps, t_start=None, t_end=None) -> Tensor:
+    """The float64 grid :func:`sample` runs ``model`` on: ``schedule`` (None: the process's
+    ``default_schedule`` for that start) over the model's default range (``Model.default_range``) unless ``t_start``/``t_end`` say otherwise, checked against
+    the model's valid ``t_range`` (a zero-noise last time below it is allowed: nothing is
+    evaluated there)."""
+    process = model.process
+    if not isinstance(schedule, Tensor):
+        d_start, d_end = model.default_range()
+        if schedule is None:
+            schedule = default_schedule(process, d_start if t_start is None else t_start)
+        t_start = d_start if t_start is None else t_start
+        t_end = d_end if t_end is None else t_end
+    ts = _grid_times(process, schedule, steps, t_start, t_end)
+    if tuple(model.t_range) != (process.t_min, process.t_max):
+        model.check_times(ts, "the sampling grid" if isinstance(schedule, Tensor) else "t_start/t_end", landing=True)
+    return ts
 
 
 def _grid_times(process, schedule, steps, t_start, t_end) -> Tensor:
@@ -207,24 +272,38 @@ def _grid(process, ts: Tensor, dtype, device, parametrization) -> Grid:
 
 
 def _check_start(model: Model, grid: Grid) -> None:
-    """The model's output must determine (x0, eps) at the first time (e.g. not eps at alpha = 0)."""
-    t0 = grid.ts[:1].to(torch.float64).cpu()
+    """The model's output must determine (x0, eps) at the first time (e.g. not eps at alpha = 0),
+    and so must every model it reads there (``Model.views_at``: a transferred model's source)."""
+    start = float(grid.times[0])
+    for view, t in model.views_at(start):
+        reason = _singular_start(view, t)
+        if reason is None:
+            continue
+        if view is model:
+            raise SingularConversionError(
+                f"the grid starts at t={start:g}, where {reason} Pass t_start below it or use .to(parametrization=...)."
+            )
+        raise SingularConversionError(
+            f"the grid starts at t={start:g} of {type(model.process).__name__}, which reads a {view.parametrization}-model "
+            f"of {type(view.process).__name__} at t={t:g} (equal log-SNR), where {reason} Pass t_start below it."
+        )
+
+
+def _singular_start(model: Model, t: float) -> str | None:
+    """Why ``model``'s output cannot give (x0, eps) at time t, or None if it can."""
+    t0 = torch.tensor([t], dtype=torch.float64)
     c = _Coefs(model.process, t0, t0)
     name = model.parametrization
     if name == "denoiser":
         if float(c.alpha) == 0.0:
-            raise SingularConversionError(
-                f"the grid starts at t={grid.times[0]:g}, where alpha = 0: the denoiser D(z/alpha; sigma/alpha) "
-                "is undefined there. Pass t_start below it or use .to(parametrization=...)."
-            )
-        return
+            return "alpha = 0: the denoiser D(z/alpha; sigma/alpha) is undefined there."
+        return None
     a, b = c.ab(name)
     try:
         _check_det(c.alpha * b - c.sigma * a, c.alpha, c.sigma, a, b, name, "x0/eps", t0)
     except SingularConversionError as e:
-        raise SingularConversionError(
-            f"the grid starts at t={grid.times[0]:g}, where {e} Pass t_start below it or use .to(parametrization=...)."
-        ) from None
+        return str(e)
+    return None
 
 
 def _progress(n, enabled, desc):

@@ -36,14 +36,18 @@ SCHEDULES = ("uniform", "logsnr", "karras", "quadratic", "leading", "trailing", 
 _DISCRETE = ("leading", "trailing", "linspace")
 
 
-def default_schedule(process) -> str:
+def default_schedule(process, t_start: float | None = None) -> str:
     """The family's customary grid: the process's ``default_schedule`` if it names one,
-    else "logsnr", or "uniform" where the log-SNR at the start is infinite (alpha = 0)."""
+    else "logsnr", or "uniform" where the log-SNR at the start is infinite (alpha = 0).
+
+    A diffusers spacing ("leading", "trailing", "linspace") covers the whole training table,
+    so for a ``t_start`` below ``t_max`` (a model defined on part of the range only, e.g.
+    one moved over by ``Model.to``) the log-SNR rule applies instead."""
     name = getattr(process, "default_schedule", None)
-    if name is not None:
+    start = sample_range(process)[0] if t_start is None else float(t_start)
+    if name is not None and not (name in _DISCRETE and start < process.t_max):
         return name
-    start = torch.tensor(sample_range(process)[0], dtype=torch.float64)
-    return "logsnr" if math.isfinite(float(process.log_snr(start))) else "uniform"
+    return "logsnr" if math.isfinite(float(process.log_snr(torch.tensor(start, dtype=torch.float64)))) else "uniform"
 
 
 def sample_range(process) -> tuple[float, float]:

@@ -237,8 +237,8 @@ def trained_problem(data: str, process: str = "fm", param: str | None = None, tr
     ``swiss_roll``) or ``digits`` (8x8, needs scikit-learn). ``param`` defaults to the process's
     (eps for vp/ddpm, velocity for fm); ``train_steps`` to 500 (2-D) / 1500 (digits, a
     ``TinyConvNet(width=16, blocks=2)``, batch 128). Checkpoints
-    are cached in ``cache_dir`` as ``{data}-{process}-{param}-{train_steps}.pt``, the name and
-    training call of ``unigen sample`` (same seed), so the CLI and the benchmark share them. The
+    are cached in ``cache_dir`` as ``{data}-{process}-{param}-{train_steps}.pt`` (the benchmark's
+    own recipe: ``unigen sample`` trains a wider network and names its files by its recipe). The
     digits model is trained on all but the first 600 images (the held-out pool for the metrics
     and the NLL), and its file name ends in ``-holdout600``. The network is cast to float64.
     """

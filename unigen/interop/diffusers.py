@@ -60,7 +60,7 @@ class ShiftedFlowMatching(Process):
     alpha = 1 - sigma.
 
     Since alpha/sigma = (1 - t)/(s t), the log-SNR is FlowMatching's minus 2 ln s
-    (math sheet, section 2), and the time t is diffusers' *unshifted* sigma. The network is
+    (lam = 2 log(alpha/sigma); docs/theory.md, section 1), and the time t is diffusers' *unshifted* sigma. The network is
     trained on plain flow matching at FM time sigma(t): its output ``noise - x`` is the
     velocity dz/dsigma, not dz/dt; :func:`diffusers_model` converts it.
     """

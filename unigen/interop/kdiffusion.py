@@ -4,7 +4,7 @@ k-diffusion samplers call a denoiser ``D(x, sigma)`` on VE variables: ``x = z/al
 noise level ``sigma = sigma_t/alpha_t`` (a per-batch tensor), and ``D`` returns
 x0_hat = E[x | z] (Karras et al. 2022). Any unigen model gives one through the time of
 equal VE level, t = lam^{-1}(-2 ln sigma); conversely ``D`` is a unigen model with
-parametrization "denoiser" (math sheet, section 1). k-diffusion is never imported.
+parametrization "denoiser" (docs/theory.md, section 2). k-diffusion is never imported.
 """
 
 from __future__ import annotations

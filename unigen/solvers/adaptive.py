@@ -27,11 +27,13 @@ def landing_options(method: str, span, options: dict | None, process=None) -> di
     options = dict(options or {})
     if method in _ADAPTIVE_RK:
         options.setdefault("step_t", span)
-        lo, hi = float(span.min()), float(span.max())
-        kinks = [k for k in getattr(process, "breakpoints", ()) if lo < k < hi]
-        if kinks and "jump_t" not in options:
+        lo, hi = span.min(), span.max()
+        kinks = torch.tensor(list(getattr(process, "breakpoints", ())), dtype=torch.float64)
+        kinks = kinks.to(dtype=span.dtype, device=span.device)  # compared in the span's dtype:
+        kinks = kinks[(kinks > lo) & (kinks < hi)]  # a kink that rounds onto an end is that end
+        if kinks.numel() and "jump_t" not in options:
             # jump_t, not step_t: the stored last-stage derivative (FSAL) must not cross a kink
-            options["jump_t"] = torch.tensor(kinks, dtype=span.dtype, device=span.device)
+            options["jump_t"] = kinks
     return options
 
 

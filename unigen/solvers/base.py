@@ -31,12 +31,14 @@ REGISTRY: dict[str, type] = {}
 
 
 class Dynamics:
-    """What a solver may ask of a model. Counts every model evaluation in ``nfe``."""
+    """What a solver may ask of a model. Counts every model evaluation in ``nfe``;
+    ``model_kwargs`` (conditioning) go to every network call."""
 
-    def __init__(self, model, data_dtype: torch.dtype):
+    def __init__(self, model, data_dtype: torch.dtype, model_kwargs: dict | None = None):
         self.model = model
         self.process = model.process
         self.data_dtype = data_dtype
+        self.model_kwargs = model_kwargs
         self.nfe = 0
         caps = {"x0_eps", "ode", "sde", "score"}
         if callable(getattr(model, "energy", None)):
@@ -55,8 +57,8 @@ class Dynamics:
         """One model call returning the network's own output (for steps folded into (z, out))."""
         self.nfe += 1
         if z.dtype != self.data_dtype:
-            return self.model.raw(z.to(self.data_dtype), t, coefs).to(z.dtype)
-        return self.model.raw(z, t, coefs)
+            return self.model.raw(z.to(self.data_dtype), t, coefs, self.model_kwargs).to(z.dtype)
+        return self.model.raw(z, t, coefs, self.model_kwargs)
 
     def velocity(self, z: Tensor, t: Tensor, coefs=None) -> Tensor:
         """The probability-flow ODE drift dz/dt in the process's own time."""

@@ -1,7 +1,7 @@
 r"""DDIM (Song et al. 2021a) and DDPM ancestral sampling (Ho et al. 2020) on any process.
 
 Both are steps of the posterior  q(z_s | z_t, x = x0_hat),  s < t, written for a general
-Gaussian path (math sheet, section 4) with alpha_{t|s} = alpha_t/alpha_s and
+Gaussian path (docs/theory.md, section 6, stochastic DDIM and DDPM) with alpha_{t|s} = alpha_t/alpha_s and
 sigma_{t|s}^2 = sigma_t^2 - alpha_{t|s}^2 sigma_s^2:
 
     DDIM(eta):  z_s = alpha_s x0_hat + sqrt(sigma_s^2 - c^2) eps_hat + c xi,

@@ -8,7 +8,8 @@ the last k evaluated points and integrates it exactly:
 
 The weights are integrals of a polynomial times e^l and are computed once per run by
 32-point Gauss-Legendre quadrature (exact to float64 rounding for these smooth integrands).
-Order 1 is DDIM. Orders 2-3 run at reduced order during warm-up, and for fewer than 15
+Order 1 is DDIM. A grid that starts at alpha = 0 (pure noise, as flow matching's does) takes
+its first step as DDIM in data form. Orders 2-3 run at reduced order during warm-up, and for fewer than 15
 steps on the last steps (as DPM-Solver does). Integrating the Lagrange interpolant exactly
 is the same as the Taylor form of the noise-prediction exponential integrator with
 divided differences, so DEIS-k equals ``DPMSolver(k, solver_type="taylor")`` (k = 2, 3) up to
@@ -55,16 +56,17 @@ class DEIS(Solver):
         self.lower_order_final = bool(lower_order_final)
 
     def init(self, dyn, z, grid):
-        return {"plans": self._plan(dyn, grid), "hist": []}
+        return {"plans": self._plan(dyn, grid), "hist": [], "from_noise": grid.alpha[0] == 0.0}
 
     @cached_plan
     def _plan(self, dyn, grid):
-        if grid.alpha[0] == 0.0:
-            raise ValueError("DEIS works in y = z/alpha, and alpha is 0 at the grid start; pass a smaller t_start")
+        # A grid starting at alpha = 0 (rho = inf) starts with one DDIM step in data form,
+        # z_1 = alpha_1 x0_hat + sigma_1 eps_hat; that infinite node never enters a polynomial.
+        from_noise = grid.alpha[0] == 0.0
         logrho = [-v for v in grid.lam_dpm]
-        plans = []
-        for i in range(grid.n):
-            k = min(self.order, i + 1)
+        plans = [[grid.alpha[1], grid.sigma[1]]] if from_noise else []
+        for i in range(1 if from_noise else 0, grid.n):
+            k = min(self.order, i if from_noise else i + 1)
             if self.lower_order_final and grid.n < 15:
                 k = min(k, grid.n - i)
             nodes = [logrho[i - m] for m in range(k)]
@@ -80,6 +82,10 @@ class DEIS(Solver):
     def step(self, dyn, z, i, grid, state, noise):
         a, *ws = state["plans"][i]
         hist = state["hist"]
+        if i == 0 and state["from_noise"]:
+            pred = dyn.predict(z, grid.t[0], grid.coefs(0))
+            hist.append(pred.eps)
+            return affine(pred.x0, a, [(ws[0], pred.eps)]), state
         hist.append(dyn.predict(z, grid.t[i], grid.coefs(i)).eps)
         del hist[:-3]
         return affine(z, a, [(w, hist[-1 - j]) for j, w in enumerate(ws)]), state

@@ -17,8 +17,8 @@ m the expanded model quantity (x0_hat or eps_hat):
                z_t = A z_s - B psi_1(hh) m_s - (B/r2) psi_2(hh) D2,  D_k = m(u_k) - m_s
 
 with psi_1(x) = e^x - 1, psi_2(x) = psi_1/x - 1, psi_3 = psi_2/x - 1/2 (``_expint``). These are
-the "dpmsolver" (midpoint) variants of the reference implementation; the math sheet's 2M
-formula is the first line.
+the "dpmsolver" (midpoint) variants of the reference implementation; the 2M update of
+docs/theory.md, section 6, is the first line.
 
 3M coefficient. D1 ~ h m' and D2 ~ h^2 m''/2 (Taylor), and the exact integral of the
 quadratic term is -2 psi_3 D2, so the factor 2 is required for third order. The reference
@@ -26,6 +26,11 @@ implementation (and the k-diffusion / diffusers ports) use psi_3 D2, which leave
 local error: measured global order 2.0 instead of 3.0 (tests/test_ode_order.py pins both).
 ``match_reference_3m=True`` reproduces the reference coefficient for side-by-side comparisons
 (its declared ``order`` is then 2).
+
+Starting from pure noise (alpha = 0 at the grid start, as on flow matching's default grid)
+the noise form's A = alpha_t/alpha_s is infinite; its limit is z_t = alpha_t x0_hat + sigma_t
+eps_hat (DDIM), which multistep DPM-Solver takes as its first step. The zero-SNR point then
+never enters a divided difference (r = inf drops to first order).
 
 Multistep runs at reduced order during warm-up, and for fewer
 than 15 steps the last steps drop to order 1 (and 2) as in the reference implementation
@@ -100,21 +105,25 @@ class _DPMSolverBase(Solver, register=False):
     # -- precomputation --------------------------------------------------------------------
     def init(self, dyn, z, grid):
         plan = self._plan(dyn, grid)
-        return {"hist": [], "inter": plan["inter"], "weights": plan["weights"]}
+        return {"hist": [], "inter": plan["inter"], "weights": plan["weights"], "from_noise": plan["from_noise"]}
 
     @cached_plan
     def _plan(self, dyn, grid):
-        if not self._form.data and grid.alpha[0] == 0.0:
+        from_noise = not self._form.data and grid.alpha[0] == 0.0
+        if from_noise and not self.multistep:
             raise ValueError(
-                f"{type(self).__name__} (noise form) divides by alpha, which is 0 at t={grid.times[0]:g}; "
-                "use DPMSolverPP (data form) or a smaller t_start"
+                f"singlestep {type(self).__name__} (noise form) divides by alpha, which is 0 at t={grid.times[0]:g}; "
+                "use the multistep solver, DPMSolverPP (data form) or a smaller t_start"
             )
-        state = {"inter": {}, "weights": {}}
+        state = {"inter": {}, "weights": {}, "from_noise": None}
         if self.multistep:  # every multistep update as 0-dim tensor weights, made in one pass
             n_plan = grid.n - 1 if grid.ends_at_zero else grid.n
-            plans = [self._multistep_weights(grid, i, self._order_at(i, grid.n)) for i in range(n_plan)]
+            first = 1 if from_noise else 0
+            plans = [self._multistep_weights(grid, i, self._order_at(i, grid.n)) for i in range(first, n_plan)]
             it = iter(grid.tensors([v for A, ws in plans for v in [A, *ws]]))
-            state["weights"] = {i: (next(it), [next(it) for _ in ws]) for i, (_, ws) in enumerate(plans)}
+            state["weights"] = {i: (next(it), [next(it) for _ in ws]) for i, (_, ws) in enumerate(plans, first)}
+        if from_noise:  # the alpha_s -> 0 limit of the noise-form step: z_t = alpha_t x0_hat + sigma_t eps_hat
+            state["from_noise"] = tuple(grid.tensors([grid.alpha[1], grid.sigma[1]]))
         # intermediate points r of singlestep steps, evaluated in one vectorised pass
         plan = []
         for i in range(grid.n):
@@ -133,6 +142,11 @@ class _DPMSolverBase(Solver, register=False):
 
     # -- steps -------------------------------------------------------------------------------
     def step(self, dyn, z, i, grid, state, noise):
+        if i == 0 and state["from_noise"] is not None:
+            pred = dyn.predict(z, grid.t[0], grid.coefs(0))
+            state["hist"].append((0, pred.eps))  # lambda_0 = -inf: never used in a difference
+            a_t, s_t = state["from_noise"]
+            return affine(pred.x0, a_t, [(s_t, pred.eps)]), state
         m0 = self._form.target(dyn.predict(z, grid.t[i], grid.coefs(i)))
         k = self._order_at(i, grid.n)
         if self.multistep:

@@ -1,6 +1,6 @@
 r"""Langevin-type MCMC samplers: ULA, MALA, annealed Langevin (NCSN) and predictor-corrector.
 
-All four sample the time marginals p_t of the model (math sheet, section 6) using only the
+All four sample the time marginals p_t of the model (docs/theory.md, section 6c) using only the
 score s = grad_z log p_t (and, for MALA, an energy E = -log p_t + const).
 
 **Conventions.** The literature writes the unadjusted Langevin step in two ways:
@@ -171,7 +171,7 @@ class Langevin(_MCMC):
     * ``snr=r``: the signal-to-noise rule delta = 2 (r ||xi|| / ||s||)^2 with ||.|| the batch
       mean of per-sample L2 norms (score_sde's LangevinCorrector with alpha = 1), so that
       ||delta s|| / ||sqrt(2 delta) xi|| = r. One step size is shared by the batch, so batch
-      items are then NOT independent (the rule's design, math sheet pitfall 11), and
+      items are then NOT independent (by design of score_sde's rule), and
       ``batch_coupled`` is True.
 
     Pass at most one of the two; the default is ``step_size=0.5`` (ULA's stationary variance on
@@ -257,7 +257,7 @@ class AnnealedLangevin(Langevin):
 
 
 class MALA(_MCMC):
-    r"""Metropolis-adjusted Langevin (Roberts & Tweedie 1996; math sheet section 6).
+    r"""Metropolis-adjusted Langevin (Roberts & Tweedie 1996; docs/theory.md, section 6c).
 
     Proposal z' = z + delta s(z) + sqrt(2 delta) xi, i.e. N(z + (eps/2) s, eps I) with
     eps = 2 delta, accepted with probability min(1, p(z') q(z|z') / (p(z) q(z'|z))):

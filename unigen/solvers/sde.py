@@ -1,4 +1,4 @@
-r"""Stochastic samplers of the reverse-SDE family (math sheet, sections 4 and 5).
+r"""Stochastic samplers of the reverse-SDE family (docs/theory.md, sections 4 and 6b).
 
 With f = d log(alpha)/dt, g^2 = -sigma^2 d lam/dt (``process.drift``, ``process.g2``) and
 the exact identities  f z - g^2 score/2 = u  (the PF-ODE velocity) and  score = -eps_hat/sigma,
@@ -73,7 +73,7 @@ class EulerMaruyama(Solver):
 
         z_{i+1} = z_i - h [u + (eta^2/2)(g_i^2/sigma_i) eps_hat] + eta sqrt(g_i^2 h) xi
 
-    (math sheet, section 4 and pitfall 12). ``eta = 0`` is forward Euler on the PF-ODE in t,
+    (docs/theory.md, section 4). ``eta = 0`` is forward Euler on the PF-ODE in t,
     i.e. ``Euler()``. The noise is additive (g depends only on t), so the scheme has strong
     order 1 (Milstein's correction vanishes) and weak order 1. For eta > 0 a step out of
     alpha = 0 is the exact posterior draw (module docstring).

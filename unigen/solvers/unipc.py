@@ -8,7 +8,7 @@ With lambda = log(alpha/sigma), h = lambda_t - lambda_s, hh = -h (data form, def
 
 where a solves R[:-1,:-1] a = b[:-1] (a = [1/2] at p = 2), rho solves R rho = b (rho = [1/2]
 at p = 1), R_{k,m} = r_m^{k-1} (r_p = 1), b_k = k! g_k / B(h), g_1 = psi_1(hh)/hh - 1,
-g_{k+1} = g_k/hh - 1/(k+1)! (math sheet, section 5). B(h) = hh ("bh1") or e^hh - 1 ("bh2").
+g_{k+1} = g_k/hh - 1/(k+1)! (Zhao et al. 2023; psi functions as in docs/theory.md, section 6). B(h) = hh ("bh1") or e^hh - 1 ("bh2").
 
 The model value at the predicted point z_t is reused by the next step (it is *not*
 re-evaluated at the corrected point) and the corrector is skipped on the last step, so
