@@ -87,3 +87,23 @@ def test_singlestep_warmup_keeps_third_order_asymptotically():
 
     assert abs(slope(ug.DPMSolver(3, warmup="singlestep")) - 3) <= 0.3
     assert slope(ug.DPMSolver(3)) < 2.7  # documented: pre-asymptotic third order only
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("solver", [ug.DEIS(2), ug.DEIS(3), ug.DPMSolver(2), ug.DPMSolver(3)], ids=solver_id)
+def test_noise_form_solvers_start_from_pure_noise(solver):
+    """From t = 1 on flow matching (alpha = 0, where the noise form's z/alpha is undefined) the
+    first step is the DDIM limit z_1 = alpha_1 x0_hat + sigma_1 eps_hat; after it the solver
+    converges like the data form does from there: on a t-uniform grid every order >= 2 is capped
+    at 2 by the long first log-SNR step (see the module docstring)."""
+    process, t0, t1 = ug.FlowMatching(), 1.0, 0.02
+    exact = reference(TWO, process, Z, t0, t1)
+    errs = []
+    for n in (64, 128, 256, 512):
+        x, _ = ug.sample(TWO.model(process, "velocity"), solver, steps=n, schedule="uniform", noise=Z, t_start=t0, t_end=t1)
+        errs.append(float((x - exact).abs().max()))
+    slope = math.log2(errs[-2] / errs[-1])
+    assert 2 - 0.3 <= slope <= 2 + 0.3, errs
+    data_form, _ = ug.sample(TWO.model(process, "velocity"), ug.DPMSolverPP(solver.order), steps=512, schedule="uniform",
+                             noise=Z, t_start=t0, t_end=t1)
+    assert errs[-1] < 2 * float((data_form - exact).abs().max())
