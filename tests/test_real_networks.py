@@ -370,3 +370,11 @@ def test_trained_network_ddim_is_euler_on_its_flow_matching_view(trained):
     assert abs(float(x.norm(dim=1).median() - data.norm(dim=1).median())) < 0.2
     logp = ug.log_likelihood(fm, x[:8].detach(), rtol=1e-4, atol=1e-4)
     assert torch.isfinite(logp).all()
+
+
+def test_steps_are_required_except_for_adaptive_solvers():
+    m = user_model("vp_linear")
+    with pytest.raises(ValueError, match=r"pass steps=N \(the number of DDIM steps\)"):
+        ug.sample(m, "DDIM", shape=(2, 2), dtype=F32)
+    x, info = ug.sample(m, ug.Adaptive(rtol=1e-3, atol=1e-3), shape=(2, 2), dtype=F32)
+    assert torch.isfinite(x).all() and info.nfe > 6 and info.times.numel() == 2

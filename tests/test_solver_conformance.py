@@ -140,10 +140,22 @@ def test_zero_terminal_snr_is_finite(solver):
         ug.sample(GM.model(p, "eps"), solver, steps=10, shape=(6, 2))
 
 
-def test_zero_terminal_snr_noise_form_refuses():
+def test_zero_terminal_snr_start():
+    """Out of alpha = 0 the noise form's z/alpha is undefined: multistep DPM-Solver and DEIS take
+    the limit step z_1 = alpha_1 x0_hat + sigma_1 eps_hat, which is DPM-Solver++'s first step
+    (x0_hat carries everything at zero SNR); singlestep orders 2-3 refuse, naming the fix."""
     p = ug.VP.discrete(DDPM_BETAS, rescale_zero_terminal_snr=True)
-    with pytest.raises(ValueError, match="divides by alpha"):
-        ug.sample(GM.model(p, "v"), ug.DPMSolver(2), steps=10, shape=(2, 2))
+    model = GM.model(p, "v")
+    z = torch.randn(4, 2, generator=torch.Generator().manual_seed(0))
+    ts = ug.make_grid(p, "trailing", 10)
+    first = ug.sample(model, ug.DPMSolverPP(1), schedule=ts[:2], noise=z)[0]
+    for solver in (ug.DPMSolver(1), ug.DPMSolver(2), ug.DPMSolver(3), ug.DEIS(2), ug.DEIS(3), ug.UniPC(2, variant="bh1")):
+        x, _ = ug.sample(model, solver, schedule=ts[:2], noise=z)
+        torch.testing.assert_close(x, first, rtol=1e-12, atol=1e-12)
+        assert torch.isfinite(ug.sample(model, solver, schedule=ts, noise=z)[0]).all()
+    for solver in (ug.DPMSolver(2, multistep=False), ug.DPMSolverPP(3, multistep=False)):
+        with pytest.raises(ValueError, match=r"intermediate points .* -inf .* use multistep=True"):
+            ug.sample(model, solver, schedule=ts, noise=z)
 
 
 @pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16])

@@ -58,7 +58,8 @@ def sample(
     Args:
         model: a :class:`~unigen.model.Model`.
         solver: a Solver instance, class or registered name (``ug.solvers.REGISTRY``).
-        steps: number of solver steps (grid of ``steps + 1`` times).
+        steps: number of solver steps (grid of ``steps + 1`` times); for ``Adaptive`` it
+            defaults to 1 (one error-controlled solve from t_start to t_end).
         schedule: ``"uniform" | "logsnr" | "karras" | "quadratic" | "leading" | "trailing" |
             "linspace"`` or a strictly decreasing tensor of times (used exactly, first to
             last), or ``"optimized"``: a grid tuned to this model and solver on a calibration
@@ -95,6 +96,10 @@ def sample(
     model_kwargs = check_model_kwargs(model_kwargs)
     solver = get_solver(solver)
     process = model.process
+    if steps is None and not isinstance(schedule, Tensor):
+        if not getattr(solver, "adaptive", False):
+            raise ValueError(f"pass steps=N (the number of {type(solver).__name__} steps) or a tensor of times as schedule")
+        steps = 1  # an adaptive solver chooses its own steps between the grid's two ends
     if isinstance(schedule, str) and schedule == "optimized":
         from .calibration import optimized_grid
 

@@ -23,20 +23,16 @@ GRIDS = {"logsnr": "steps uniform in log-SNR", "uniform": "steps uniform in t", 
          "quadratic": "steps quadratic in t"}
 
 
-def _fmt(v) -> str:
+def _fmt(v, spec: str = ".3g") -> str:
     if v is None:
         return "-"
     if isinstance(v, float) and not math.isfinite(v):
         return "inf"
-    return f"{v:.3g}"
+    return format(v, spec)
 
 
 def _signed(v) -> str:
-    if v is None:
-        return "-"
-    if isinstance(v, float) and not math.isfinite(v):
-        return "inf"
-    return f"{v:+.3g}"
+    return _fmt(v, "+.3g")
 
 
 def _is_nll(r: dict) -> bool:

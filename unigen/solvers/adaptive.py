@@ -43,6 +43,7 @@ class Adaptive(Solver):
     order = None
     requires = frozenset({"ode"})
     syncs_host = True
+    adaptive = True  # chooses its own steps: sample() needs no ``steps`` for it
     batch_coupled = True  # one step-size controller for the whole batch
 
     def __init__(self, method: str = "dopri5", rtol: float = 1e-5, atol: float = 1e-5, options: dict | None = None):

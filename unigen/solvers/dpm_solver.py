@@ -110,10 +110,11 @@ class _DPMSolverBase(Solver, register=False):
     @cached_plan
     def _plan(self, dyn, grid):
         from_noise = not self._form.data and grid.alpha[0] == 0.0
-        if from_noise and not self.multistep:
+        if grid.alpha[0] == 0.0 and not self.multistep and self._k > 1:
+            # the intermediate points sit at lambda_s + r h, which is -inf for every r
             raise ValueError(
-                f"singlestep {type(self).__name__} (noise form) divides by alpha, which is 0 at t={grid.times[0]:g}; "
-                "use the multistep solver, DPMSolverPP (data form) or a smaller t_start"
+                f"singlestep {type(self).__name__}({self._k}) places its intermediate points between the log-SNRs of "
+                f"a step, and the first is -inf (alpha = 0 at t={grid.times[0]:g}); use multistep=True or a smaller t_start"
             )
         state = {"inter": {}, "weights": {}, "from_noise": None}
         if self.multistep:  # every multistep update as 0-dim tensor weights, made in one pass

@@ -8,7 +8,8 @@ With lambda = log(alpha/sigma), h = lambda_t - lambda_s, hh = -h (data form, def
 
 where a solves R[:-1,:-1] a = b[:-1] (a = [1/2] at p = 2), rho solves R rho = b (rho = [1/2]
 at p = 1), R_{k,m} = r_m^{k-1} (r_p = 1), b_k = k! g_k / B(h), g_1 = psi_1(hh)/hh - 1,
-g_{k+1} = g_k/hh - 1/(k+1)! (Zhao et al. 2023; psi functions as in docs/theory.md, section 6). B(h) = hh ("bh1") or e^hh - 1 ("bh2").
+g_{k+1} = g_k/hh - 1/(k+1)! (Zhao et al. 2023; psi functions as in docs/theory.md, section 6). B(h) = hh ("bh1") or e^hh - 1 ("bh2"); a step out of zero SNR (lambda_s = -inf) uses
+e^hh - 1 = -1 for both, the only finite choice there.
 
 The model value at the predicted point z_t is reused by the next step (it is *not*
 re-evaluated at the corrected point) and the corrector is skipped on the last step, so
@@ -30,7 +31,9 @@ __all__ = ["UniPC"]
 
 def _unipc_coefs(rks: list[float], hh: float, variant: str):
     """(b, B(h)) of UniPC for nodes rks (r_1..r_{p-1}, then 1): b_k = k! g_k / B(h)."""
-    B_h = hh if variant == "bh1" else math.expm1(hh)
+    # B(h) only needs B(h) = O(h) as h -> 0; out of zero SNR (hh = -inf) bh1's is infinite,
+    # so that one step takes bh2's finite B = -1
+    B_h = hh if variant == "bh1" and math.isfinite(hh) else math.expm1(hh)
     g = psi(1, hh) / hh - 1.0
     b, fact = [], 1.0
     for k in range(1, len(rks) + 1):
