@@ -1,7 +1,12 @@
 """Shared test fixtures: every process of the contract and strategies over them."""
 
+import importlib
+import importlib.metadata
+import importlib.util
 import math
+import os
 
+import pytest
 import torch
 from hypothesis import strategies as st
 
@@ -96,3 +101,52 @@ def solver_id(s):
 
 SOLVERS = solver_instances()
 DETERMINISTIC = [s for s in SOLVERS if not s.stochastic and s.order is not None]
+
+
+# ---- optional peers ----------------------------------------------------------------------------
+# import name -> the distribution (pip name) that provides it
+PEER_DISTRIBUTIONS = {
+    "diffusers": "diffusers",
+    "flow_matching": "flow_matching",
+    "k_diffusion": "k-diffusion",
+    "scipy": "scipy",
+    "sklearn": "scikit-learn",
+    "matplotlib": "matplotlib",
+    "tqdm": "tqdm",
+    "numpy": "numpy",
+    "torchdiffeq": "torchdiffeq",
+    "torchsde": "torchsde",
+}
+PEER_SKIP_PREFIX = "peer not installed: "
+REQUIRE_PEERS = os.environ.get("UNIGEN_REQUIRE_PEERS") == "1"
+
+
+def peer_distribution(module: str) -> str:
+    top = module.split(".")[0]
+    if top in PEER_DISTRIBUTIONS:
+        return PEER_DISTRIBUTIONS[top]
+    return (importlib.metadata.packages_distributions().get(top) or [top])[0]
+
+
+def peer_installed(module: str) -> bool:
+    """True when the peer's distribution is installed or its top-level module can be found
+    (nothing is imported: a broken peer still counts as installed)."""
+    try:
+        importlib.metadata.distribution(peer_distribution(module))
+        return True
+    except importlib.metadata.PackageNotFoundError:
+        return importlib.util.find_spec(module.split(".")[0]) is not None
+
+
+def require(module: str):
+    """Import an optional peer for a test (or at module level).
+
+    A clean skip only where the peer is not installed at all and UNIGEN_REQUIRE_PEERS is not 1
+    (conftest.py allows exactly that skip). An installed peer that fails to import raises here:
+    a test failure, never a skip."""
+    if not peer_installed(module):
+        if REQUIRE_PEERS:
+            pytest.fail(f"{module} is not installed and UNIGEN_REQUIRE_PEERS=1 requires every peer "
+                        f"(pip install {peer_distribution(module)})", pytrace=False)
+        pytest.skip(f"{PEER_SKIP_PREFIX}{module} (pip install {peer_distribution(module)})", allow_module_level=True)
+    return importlib.import_module(module)

@@ -67,15 +67,16 @@ def make_layer(kind, c, spatial, seed):
     seed=st.integers(0, 10_000),
 )
 def test_logdet_matches_autograd_and_inverse_roundtrips(kind, c, spatial, seed):
-    """logdet = log|det J| by autograd (measured <= 1.5e-14) and inverse(forward(x)) = x (<= 1.4e-15)."""
+    """logdet = log|det J| by autograd and inverse(forward(x)) = x. Measured over 300 random draws:
+    logdet 1.4e-14 (both directions), round trip 2.6e-15, inverse logdet + logdet 0."""
     layer, x = make_layer(kind, c, spatial, seed)
     y, logdet = layer(x)
     assert y.shape == x.shape and logdet.shape == (x.shape[0],)
-    torch.testing.assert_close(logdet, jacobian_logdet(layer, x), rtol=0, atol=1e-8)
+    torch.testing.assert_close(logdet, jacobian_logdet(layer, x), rtol=0, atol=1.5e-12)
     x_back, inv_logdet = layer.inverse(y)
-    torch.testing.assert_close(x_back, x, rtol=0, atol=1e-10)
-    torch.testing.assert_close(inv_logdet, -logdet, rtol=0, atol=1e-10)
-    torch.testing.assert_close(inv_logdet, jacobian_logdet(layer.inverse, y), rtol=0, atol=1e-8)
+    torch.testing.assert_close(x_back, x, rtol=0, atol=3e-13)
+    torch.testing.assert_close(inv_logdet, -logdet, rtol=0, atol=1e-14)
+    torch.testing.assert_close(inv_logdet, jacobian_logdet(layer.inverse, y), rtol=0, atol=1.5e-12)
 
 
 @given(c=st.integers(1, 4), spatial=st.one_of(st.none(), st.integers(1, 3)), seed=st.integers(0, 10_000))
@@ -86,8 +87,9 @@ def test_actnorm_first_batch_is_standardised(c, spatial, seed):
     layer = ActNorm(c)
     y, _ = layer(x)
     per_channel = y.transpose(0, 1).reshape(c, -1)
-    torch.testing.assert_close(per_channel.mean(1), torch.zeros(c), rtol=0, atol=1e-10)
-    torch.testing.assert_close(per_channel.std(1, unbiased=False), torch.ones(c), rtol=0, atol=1e-10)
+    # measured over 300 random draws: mean 1.9e-15, std - 1 8.9e-16
+    torch.testing.assert_close(per_channel.mean(1), torch.zeros(c), rtol=0, atol=2e-13)
+    torch.testing.assert_close(per_channel.std(1, unbiased=False), torch.ones(c), rtol=0, atol=1e-13)
     # afterwards the parameters are fixed: a second batch is not re-standardised
     y2, _ = layer(x + 1.0)
     assert torch.allclose(y2, y + torch.exp(layer.log_scale).reshape((1, c) + (1,) * (x.ndim - 2)))
@@ -105,15 +107,15 @@ def test_new_coupling_is_identity(conv):
 def test_invertible_linear_weight_is_plu_and_stacks():
     layer = perturb(InvertibleLinear(3, generator=torch.Generator().manual_seed(1)), 2)
     w = layer.weight()
-    torch.testing.assert_close(torch.linalg.slogdet(w)[1], layer.log_s.sum(), rtol=0, atol=1e-12)
+    torch.testing.assert_close(torch.linalg.slogdet(w)[1], layer.log_s.sum(), rtol=0, atol=1e-14)  # measured 5.6e-17
     x = torch.randn(2, 3, 4, 4, generator=torch.Generator().manual_seed(3))
-    torch.testing.assert_close(layer(x)[0], nn.functional.conv2d(x, w[:, :, None, None]), rtol=0, atol=1e-12)
+    torch.testing.assert_close(layer(x)[0], nn.functional.conv2d(x, w[:, :, None, None]), rtol=0, atol=1e-14)  # measured 0
     flow = Flow([ActNorm(3), layer, AffineCoupling(3, hidden=8, conv=True)], event_shape=(3, 4, 4))
     perturb(flow.bijectors[2], 4)
     z, logdet = flow(x)
-    torch.testing.assert_close(logdet, jacobian_logdet(flow, x), rtol=0, atol=1e-8)
-    torch.testing.assert_close(flow.inverse(z)[0], x, rtol=0, atol=1e-10)
-    torch.testing.assert_close(flow.log_prob(x), StandardNormal((3, 4, 4)).log_prob(z) + logdet)
+    torch.testing.assert_close(logdet, jacobian_logdet(flow, x), rtol=0, atol=2e-13)  # measured 1.8e-15
+    torch.testing.assert_close(flow.inverse(z)[0], x, rtol=0, atol=6e-14)  # measured 5.8e-16
+    torch.testing.assert_close(flow.log_prob(x), StandardNormal((3, 4, 4)).log_prob(z) + logdet, rtol=0, atol=1e-12)  # 7.1e-15
 
 
 # ---------------------------------------------------------------------------------------
@@ -128,8 +130,8 @@ def moons_flow():
 
 
 def test_flow_trained_by_maximum_likelihood_on_two_moons():
-    """800 Adam steps (batch 256, ~11 s on one thread). Measured: density integral 1 - 3e-14 on
-    [-6, 6]^2 (trapezoid, h = 0.03); held-out NLL 1.12 trained vs 2.58 untrained; SW_2 to
+    """800 Adam steps (batch 256, ~11 s on one thread). Measured: density integral 1 - 2.6e-14 on
+    [-6, 6]^2 (trapezoid, h = 0.03; asserted to 3e-12); held-out NLL 1.12 trained vs 2.58 untrained; SW_2 to
     held-out data 0.106 trained vs 0.236 untrained (ActNorm fitted to the data, i.e. the
     moment-matched Gaussian). The SW floor between two independent data samples of this size is
     0.035, so the achievable range is [0.035, 0.236]. Asserting trained < 0.6 x untrained
@@ -155,7 +157,7 @@ def test_flow_trained_by_maximum_likelihood_on_two_moons():
         grid = torch.stack(torch.meshgrid(u, u, indexing="ij"), -1).reshape(-1, 2)
         p = flow.log_prob(grid).exp().reshape(401, 401)
         mass = torch.trapezoid(torch.trapezoid(p, u, dim=1), u)
-        assert abs(float(mass) - 1) < 1e-2
+        assert abs(float(mass) - 1) < 3e-12  # measured 2.6e-14
         assert -flow.log_prob(test).mean() < -untrained.log_prob(test).mean() - 0.5
         sw = {}
         for name, f in (("trained", flow), ("untrained", untrained)):
@@ -170,8 +172,9 @@ def test_flow_trained_by_maximum_likelihood_on_two_moons():
 @pytest.mark.parametrize("process, param", [(ug.VP.linear(), "eps"), (ug.FlowMatching(), "velocity")], ids=["vp", "fm"])
 def test_continuous_flow_matches_log_likelihood(process, param):
     """forward logdet = +int div u dt = delta_logp (measured 0: the same call), log p_T(z_T) +
-    logdet = log_likelihood with that prior (measured 0), = the closed-form density (1e-10),
-    inverse(forward(x)) = x (1.1e-10) and the inverse logdet is minus the forward one (4.5e-10)."""
+    logdet = log_likelihood with that prior (measured 0), = the closed-form density (9.7e-11),
+    inverse(forward(x)) = x (1.1e-10) and the inverse logdet is minus the forward one (4.5e-10).
+    Asserted to about 100x those (1e-12 where 0 was measured)."""
     g = torch.Generator().manual_seed(0)
     gm = ug.GaussianMixture(torch.randn(3, 2, generator=g), 0.4 + 0.3 * torch.rand(3, generator=g))
     model = gm.model(process, param)
@@ -181,14 +184,14 @@ def test_continuous_flow_matches_log_likelihood(process, param):
     prior = lambda z: gm.marginal_log_prob(z, T, process)
     logp, info = log_likelihood(model, x, prior=prior, return_info=True, **TIGHT)
     z, logdet = cf(x)
-    torch.testing.assert_close(logdet, info.delta_logp, rtol=0, atol=1e-6)
-    torch.testing.assert_close(z, info.z_T, rtol=0, atol=1e-6)
-    torch.testing.assert_close(prior(z) + logdet, logp, rtol=0, atol=1e-6)
+    torch.testing.assert_close(logdet, info.delta_logp, rtol=0, atol=1e-12)
+    torch.testing.assert_close(z, info.z_T, rtol=0, atol=1e-12)
+    torch.testing.assert_close(prior(z) + logdet, logp, rtol=0, atol=1e-12)
     # and the exact density at t0 (the oracle's closed form)
-    torch.testing.assert_close(prior(z) + logdet, gm.marginal_log_prob(x, torch.tensor(cf.t0), process), rtol=0, atol=1e-6)
+    torch.testing.assert_close(prior(z) + logdet, gm.marginal_log_prob(x, torch.tensor(cf.t0), process), rtol=0, atol=1e-8)
     x_back, inv_logdet = cf.inverse(z)
-    torch.testing.assert_close(x_back, x, rtol=0, atol=1e-6)
-    torch.testing.assert_close(inv_logdet, -logdet, rtol=0, atol=1e-6)
+    torch.testing.assert_close(x_back, x, rtol=0, atol=1e-8)
+    torch.testing.assert_close(inv_logdet, -logdet, rtol=0, atol=5e-8)
 
 
 def test_continuous_flow_composes_in_a_flow():
@@ -211,9 +214,12 @@ def test_continuous_flow_composes_in_a_flow():
     flow = Flow([norm, cf], base=Base(), event_shape=(2,))
     lp = flow.log_prob(x)
     y, ld = norm(x)
-    torch.testing.assert_close(lp, log_likelihood(cf.model, y, **TIGHT) + ld, rtol=0, atol=1e-8)
+    torch.testing.assert_close(lp, log_likelihood(cf.model, y, **TIGHT) + ld, rtol=0, atol=5e-14)  # measured 4.4e-16
+    # sampling inverts the flow from the base's draw: forward(sample) is that draw again
     s = flow.sample(3, generator=torch.Generator().manual_seed(3))
-    assert s.shape == (3, 2) and torch.isfinite(s).all()
+    assert s.shape == (3, 2)
+    with torch.no_grad():
+        torch.testing.assert_close(flow(s)[0], Base().sample(3, torch.Generator().manual_seed(3)), rtol=0, atol=1e-8)  # measured 6.9e-11
 
 
 def test_continuous_flow_hutchinson_is_unbiased_on_average():

@@ -1,7 +1,8 @@
 """unigen.interop: diffusers configs / networks and k-diffusion denoisers.
 
-The config and adapter tests need neither peer; tests marked by ``importorskip`` compare
-against real diffusers schedulers (and k-diffusion's own Euler) where those are installed.
+The config and adapter tests need neither peer; tests that call ``require`` compare against real
+diffusers schedulers (and k-diffusion's own Euler): they skip only where the peer is not installed
+at all, and fail where it is installed but does not import.
 """
 
 import importlib.util
@@ -15,6 +16,7 @@ import pytest
 import torch
 
 import unigen as ug
+from helpers import peer_installed, require
 from unigen.interop import (
     ShiftedFlowMatching,
     diffusers_betas,
@@ -331,12 +333,13 @@ def test_kdiffusion_euler_equals_unigen_euler_sigma_clock(proc):
 
 
 def _load_kdiffusion_sampling():
+    if not peer_installed("k_diffusion"):
+        require("k_diffusion")  # skips (or fails under UNIGEN_REQUIRE_PEERS=1)
     spec = importlib.util.find_spec("k_diffusion")
-    if spec is None or not spec.submodule_search_locations:
-        pytest.skip("k-diffusion is not installed")
+    assert spec is not None and spec.submodule_search_locations, "k-diffusion is installed but not importable"
     path = Path(next(iter(spec.submodule_search_locations))) / "sampling.py"
     for dep in ("scipy", "torchdiffeq", "torchsde", "tqdm"):
-        pytest.importorskip(dep)
+        require(dep)
     name = "_unigen_test_kdiffusion"
     pkg, utils = types.ModuleType(name), types.ModuleType(name + ".utils")
     pkg.__path__ = [str(path.parent)]
@@ -384,7 +387,7 @@ def test_real_kdiffusion_euler_on_adapter():
     ],
 )
 def test_real_diffusers_alphas_cumprod(cls_name, cfg):
-    diffusers = pytest.importorskip("diffusers")
+    diffusers = require("diffusers")
     sched = getattr(diffusers, cls_name)(**cfg)
     spec = from_diffusers(sched)
     via_dict = from_diffusers(dict(sched.config, _class_name=cls_name))  # the scheduler_config.json route
@@ -406,7 +409,7 @@ def test_real_diffusers_alphas_cumprod(cls_name, cfg):
 
 @pytest.mark.parametrize("s", [1.0, 3.0])
 def test_real_diffusers_flowmatch_sigmas(s):
-    diffusers = pytest.importorskip("diffusers")
+    diffusers = require("diffusers")
     sched = diffusers.FlowMatchEulerDiscreteScheduler(shift=s)
     spec = from_diffusers(sched)
     assert spec.parametrization == "velocity" and spec.num_train_timesteps == 1000
@@ -416,7 +419,7 @@ def test_real_diffusers_flowmatch_sigmas(s):
 
 
 def test_real_diffusers_tiny_unet():
-    diffusers = pytest.importorskip("diffusers")
+    diffusers = require("diffusers")
     torch.manual_seed(0)
     unet = diffusers.UNet2DModel(
         sample_size=8, in_channels=2, out_channels=2, layers_per_block=1, block_out_channels=(8, 16),
@@ -445,7 +448,7 @@ def test_real_diffusers_tiny_unet():
 def _ddim_pair(cfg, steps=8):
     """A real DDIMScheduler whose alpha-bar table is recomputed in float64 from its own betas
     (diffusers keeps it in float32), its from_diffusers spec and the exact model on it."""
-    diffusers = pytest.importorskip("diffusers")
+    diffusers = require("diffusers")
     sched = diffusers.DDIMScheduler(clip_sample=False, **cfg)
     sched.alphas_cumprod = torch.cumprod(1.0 - sched.betas.to(F64), 0)
     if cfg.get("rescale_betas_zero_snr"):

@@ -107,20 +107,22 @@ def test_singular_conversion_raises(process, t, src, dst):
         ug.convert(out, z, t, process, src, dst)
 
 
+# closed forms at the ends: FM z = (1 - t) x0 + t eps, u = eps - x0; VP.linear alpha(0) = 1, sigma(0) = 0
 @pytest.mark.parametrize(
-    "process, t, src, dst",
+    "process, t, src, dst, expect",
     [
-        (ug.FlowMatching(), 1.0, "eps", "score"),
-        (ug.FlowMatching(), 1.0, "x0", "eps"),
-        (ug.FlowMatching(), 1.0, "velocity", "x0"),
-        (ug.FlowMatching(), 0.0, "velocity", "x0"),
-        (ug.VP.linear(), 0.0, "x0", "denoiser"),
-        (ug.VP.linear(), 0.0, "v", "x0"),
+        (ug.FlowMatching(), 1.0, "eps", "score", lambda z, out: -out),  # score = -eps / sigma, sigma = 1
+        (ug.FlowMatching(), 1.0, "x0", "eps", lambda z, out: z),  # z = eps at t = 1
+        (ug.FlowMatching(), 1.0, "velocity", "x0", lambda z, out: z - out),  # x0 = z - t u
+        (ug.FlowMatching(), 0.0, "velocity", "x0", lambda z, out: z),  # z = x0 at t = 0
+        (ug.VP.linear(), 0.0, "x0", "denoiser", lambda z, out: out),  # D = x0
+        (ug.VP.linear(), 0.0, "v", "x0", lambda z, out: z),  # x0 = alpha z - sigma v
     ],
 )
-def test_conversions_that_stay_defined_at_the_ends(process, t, src, dst):
-    z, out = torch.randn(2, 3), torch.randn(2, 3)
-    assert torch.isfinite(ug.convert(out, z, t, process, src, dst)).all()
+def test_conversions_at_the_ends_equal_their_closed_forms(process, t, src, dst, expect):
+    g = torch.Generator().manual_seed(0)
+    z, out = torch.randn(2, 3, generator=g), torch.randn(2, 3, generator=g)
+    torch.testing.assert_close(ug.convert(out, z, t, process, src, dst), expect(z, out), rtol=0, atol=1e-14)  # measured 0
 
 
 def test_conversion_errors():

@@ -1,10 +1,10 @@
 """benchmarks/peers.py: unigen reproduces diffusers / k-diffusion / flow_matching runs, and every
 disagreement the benchmark reports is exactly the difference it names.
 
-Each test skips cleanly where its peer is not installed. Small sizes (n = 16, dim 2, float64).
+Each test skips where its peer is not installed at all (never with UNIGEN_REQUIRE_PEERS=1); an
+installed peer that fails to load fails the test. Small sizes (n = 16, dim 2, float64).
 """
 
-import importlib.util
 import itertools
 import json
 import math
@@ -15,15 +15,16 @@ import pytest
 import torch
 
 import unigen as ug
+from helpers import peer_installed, require
 from unigen.bench import gmm_problem
 
 F64 = torch.float64
 TOL = 1e-6
 BENCH = Path(__file__).resolve().parents[1] / "benchmarks"
 
-pytest.importorskip("numpy")
+require("numpy")
 sys.path.insert(0, str(BENCH))
-peers = pytest.importorskip("peers")
+import peers  # noqa: E402 - the benchmark under test: a broken import is a collection error, never a skip
 
 
 def _rel(a, b):
@@ -35,13 +36,14 @@ def _noise(pb, n=16, seed=1):
 
 
 def _need(module: str, load):
-    """The peer's entry point from ``load()``, or a clean skip when it is absent or unloadable
-    (find_spec, not import: k_diffusion's package __init__ needs a training stack)."""
-    if importlib.util.find_spec(module) is None:
-        pytest.skip(f"{module} is not installed")
+    """The peer's entry point from ``load()``; a skip only where the peer is not installed at all
+    (helpers.require's rule, checked without importing: k_diffusion's package __init__ needs a
+    training stack). An installed peer that ``load()`` cannot load fails the test."""
+    if not peer_installed(module):
+        require(module)  # skips (or fails under UNIGEN_REQUIRE_PEERS=1)
     obj, why = load()
     if obj is None:
-        pytest.skip(why)
+        pytest.fail(f"{module} is installed but does not load: {why}", pytrace=False)
     return obj
 
 

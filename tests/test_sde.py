@@ -125,19 +125,33 @@ def test_edm_stochastic_without_churn_is_heun_on_the_sigma_clock(name):
     churn=st.floats(0.0, 80.0),
     s_noise=st.floats(0.5, 1.5),
     schedule=st.sampled_from(["logsnr", "uniform", "karras"]),
+    data=st.data(),
 )
-def test_churn_outside_its_window_is_heun(name, param, steps, churn, s_noise, schedule):
-    """No level lies in [s_tmin, s_tmax] -> no noise is drawn and the sampler is EDM's Heun."""
+def test_churn_outside_its_window_is_heun(name, param, steps, churn, s_noise, schedule, data):
+    """A window [s_tmin, s_tmax] strictly between two adjacent step levels s_{k+1} < s_k (inside the
+    grid's span, no level in it) -> no noise is drawn and the sampler is EDM's Heun; the same
+    window widened to hold s_{k+1} churns (a different result), so the window does touch the grid."""
     p = PROCESSES[name]
     model = GM.model(p, param)
-    t0 = torch.tensor(ug.schedules.sample_range(p)[0])
-    z = torch.randn(4, 2, generator=gen(0)) * float(p.sigma(t0))
-    above = 2.0 * float(p.sigma(t0) / p.alpha(t0))  # above every level of the grid
-    solver = ug.EDMStochastic(churn=churn, s_tmin=above, s_tmax=2 * above, s_noise=s_noise)
-    a, ia = ug.sample(model, solver, steps=steps, schedule=schedule, noise=z, generator=gen(1))
-    b, ib = ug.sample(model, ug.Heun(clock="sigma"), steps=steps, schedule=schedule, noise=z)
+    ts = ug.make_grid(p, schedule, steps)
+    levels = (p.sigma(ts) / p.alpha(ts)).tolist()  # EDM's s = sigma / alpha; steps start at levels[:-1]
+    k = data.draw(st.integers(0, steps - 2), label="k")
+    lo_frac, hi_frac = data.draw(st.floats(1e-3, 0.45), label="lo"), data.draw(st.floats(1e-3, 0.45), label="hi")
+    gap = levels[k] - levels[k + 1]
+    s_tmin, s_tmax = levels[k + 1] + lo_frac * gap, levels[k] - hi_frac * gap
+    starts = levels[:-1]
+    assert min(starts) < s_tmin <= s_tmax < max(starts)  # the window lies among the grid's levels ...
+    assert not any(s_tmin <= s <= s_tmax for s in starts)  # ... and holds none of them
+    z = torch.randn(4, 2, generator=gen(0)) * float(p.sigma(ts[0]))
+    solver = ug.EDMStochastic(churn=churn, s_tmin=s_tmin, s_tmax=s_tmax, s_noise=s_noise)
+    a, ia = ug.sample(model, solver, schedule=ts, noise=z, generator=gen(1))
+    b, ib = ug.sample(model, ug.Heun(clock="sigma"), schedule=ts, noise=z)
     torch.testing.assert_close(a, b, **TOL)
     assert ia.nfe == ib.nfe
+    if churn / steps >= 1e-3:  # gamma = churn / N: large enough to move the result
+        wide = ug.EDMStochastic(churn=churn, s_tmin=levels[k + 1] * (1 - 1e-9), s_tmax=s_tmax, s_noise=s_noise)
+        c, _ = ug.sample(model, wide, schedule=ts, noise=z, generator=gen(1))
+        assert (c - b).abs().max() > 1e-6
 
 
 @pytest.mark.parametrize("name", ["vp_linear", "vp_discrete", "subvp", "ve", "edm", "fm"])

@@ -7,6 +7,7 @@ import pytest
 import torch
 
 import unigen as ug
+from helpers import require
 from unigen import train as T
 
 N_EVAL = 2000
@@ -39,7 +40,7 @@ def test_checkerboard_lies_on_dark_cells():
 
 
 def test_digits_shape_and_range():
-    pytest.importorskip("sklearn")
+    require("sklearn")
     x = T.digits()
     assert x.shape == (1797, 1, 8, 8) and float(x.min()) == -1.0 and float(x.max()) == 1.0
     assert T.digits(5, torch.Generator().manual_seed(0)).shape == (5, 1, 8, 8)
@@ -124,7 +125,7 @@ def test_tiny_convnet_trains_on_images():
 def test_fit_digits():
     """VP eps on scikit-learn's digits (1400 train / 397 held out), TinyConvNet, ~13 s on one core:
     sliced W2 to held-out digits 0.091 against a train-vs-test floor of 0.060 (untrained: > 1)."""
-    pytest.importorskip("sklearn")
+    require("sklearn")
     data = T.digits(dtype=torch.float32)
     perm = torch.randperm(data.shape[0], generator=torch.Generator().manual_seed(0))
     train, test = data[perm[:1400]], data[perm[1400:]]
