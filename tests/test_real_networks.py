@@ -100,9 +100,11 @@ def test_every_process_pair_samples_finite_with_every_deterministic_solver(src):
         assert 0 <= lo < hi and PROCS[dst].t_min <= lo and hi <= PROCS[dst].t_max
         for name in DETERMINISTIC:
             base.fn.times.clear()
-            x, info = ug.sample(moved, name, steps=8, shape=(16, 2), dtype=F32,
+            # Adaptive at its default rtol = 1e-5 spends ~170 calls a pair; finiteness needs less
+            solver = ug.Adaptive(rtol=1e-3, atol=1e-3) if name == "Adaptive" else name
+            x, info = ug.sample(moved, solver, steps=6, shape=(8, 2), dtype=F32,
                                 generator=torch.Generator().manual_seed(0))
-            assert x.dtype == F32 and x.shape == (16, 2)
+            assert x.dtype == F32 and x.shape == (8, 2)
             assert torch.isfinite(x).all(), f"{src} -> {dst}, {name}"
             # network time is what time_input made of the source time: check via the source model
             assert info.times[0] <= hi + 1e-6 and info.times[:-1].min() >= lo - 1e-6, f"{src} -> {dst}, {name}"
@@ -112,11 +114,11 @@ def test_every_process_pair_samples_finite_with_every_deterministic_solver(src):
 
 @pytest.mark.parametrize("src", sorted(PROCS))
 def test_log_likelihood_with_defaults_is_finite_for_every_pair(src):
-    x = torch.randn(3, 2, generator=torch.Generator().manual_seed(1), dtype=F32)
+    x = torch.randn(2, 2, generator=torch.Generator().manual_seed(1), dtype=F32)
     for dst in sorted(PROCS):
         base = user_model(src)
-        logp = ug.log_likelihood(base.to(PROCS[dst]), x, rtol=1e-3, atol=1e-3)
-        assert logp.shape == (3,) and torch.isfinite(logp).all(), f"{src} -> {dst}"
+        logp = ug.log_likelihood(base.to(PROCS[dst]), x, rtol=1e-2, atol=1e-2)  # default range and t0/T
+        assert logp.shape == (2,) and torch.isfinite(logp).all(), f"{src} -> {dst}"
         if _time_input(src) is None:
             assert _inside(base, base.fn.times), f"{src} -> {dst}"
 
