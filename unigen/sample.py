@@ -147,25 +147,26 @@ def sample(
             bar.update(1)
 
     hooks = return_trajectory or callback is not None or bar is not None
-    finite = [] if check_finite else None
+    sums = [] if check_finite else None
     with torch.set_grad_enabled(grad):
-        z = integrate(solver, dyn, z, grid, noise_fn, on_step if hooks else None, finite)
+        z = integrate(solver, dyn, z, grid, noise_fn, on_step if hooks else None, sums)
         if denoise_final:
             z = dyn.predict(z, grid.t[-1]).x0
-            if finite is not None:
-                finite.append(torch.isfinite(z).all())
+            if sums is not None:
+                sums.append(z.detach().sum())
     if bar is not None:
         bar.close()
-    if finite is not None:
-        raise_if_not_finite(finite, grid, type(solver).__name__)
+    if sums is not None:
+        raise_if_not_finite(z, sums, grid, type(solver).__name__)
     info = SampleInfo(nfe=dyn.nfe, times=grid.ts, solver=repr(solver), trajectory=trajectory)
     return z.to(data_dtype), info
 
 
-def integrate(solver, dyn: Dynamics, z: Tensor, grid: Grid, noise_fn: Noise, on_step=None, finite=None) -> Tensor:
+def integrate(solver, dyn: Dynamics, z: Tensor, grid: Grid, noise_fn: Noise, on_step=None, sums=None) -> Tensor:
     """The loop itself: ``solver.init``, then one step per grid interval, the last one onto
-    sigma = 0 by ``solver.final_step``; ``on_step(i, z)`` after every step. If ``finite`` is a
-    list, a 0-dim bool tensor "z is finite" is appended after every step (no host sync).
+    sigma = 0 by ``solver.final_step``; ``on_step(i, z)`` after every step. If ``sums`` is a
+    list, the 0-dim sum of z is appended after every step (one small reduction, no host sync):
+    NaN and inf propagate into it, so it locates the first non-finite step afterwards.
 
     Everything it touches is prepared (grid, plan, dtype), so for the fixed-step solvers it
     is free of host syncs: ``unigen.compile`` traces it (torch.compile) or captures it (CUDA
@@ -177,21 +178,20 @@ def integrate(solver, dyn: Dynamics, z: Tensor, grid: Grid, noise_fn: Noise, on_
             z, state = solver.final_step(dyn, z, i, grid, state, noise_fn)
         else:
             z, state = solver.step(dyn, z, i, grid, state, noise_fn)
-        if finite is not None:
-            finite.append(torch.isfinite(z).all())
+        if sums is not None:
+            sums.append(z.detach().sum() if z.requires_grad else z.sum())
         if on_step is not None:
             on_step(i, z)
     return z
 
 
-def raise_if_not_finite(finite: list, grid: Grid, solver: str) -> None:
-    """One host sync after the loop: raise FloatingPointError at the first non-finite step."""
-    if not finite:
+def raise_if_not_finite(z: Tensor, sums: list, grid: Grid, solver: str) -> None:
+    """One host sync after the loop: if the result ``z`` is not finite, raise FloatingPointError
+    at the first step whose sum (``integrate``'s ``sums``) is not finite."""
+    if not sums or bool(torch.isfinite(z).all()):
         return
-    ok = torch.stack(finite)
-    if bool(ok.all()):
-        return
-    i = int((~ok).nonzero()[0])
+    bad = (~torch.isfinite(torch.stack(sums))).nonzero()
+    i = int(bad[0]) if bad.numel() else len(sums) - 1
     if i >= grid.n:  # denoise_final's extra evaluation
         where = f"the final denoising call at t={grid.times[-1]:.6g}"
     else:
