@@ -63,12 +63,15 @@ def empirical_order(solver, data, process, param, schedule, t0, t1):
     return sum(slopes) / 2, errs
 
 
+# One parametrization suffices: the oracle in eps and in velocity form gives the same samples to
+# 8.4e-15 (measured: every solver, both problems, 16 steps), far below FLOOR, so a second
+# parametrization axis only repeated every point; the parametrizations' agreement is held by
+# test_equivalences.py::test_same_trajectory_in_every_parametrization (1e-10).
 @pytest.mark.slow
 @pytest.mark.parametrize("problem", sorted(PROBLEMS))
-@pytest.mark.parametrize("param", ["eps", "velocity"])
 @pytest.mark.parametrize("solver", DETERMINISTIC, ids=solver_id)
-def test_convergence_order(solver, problem, param):
-    slope, errs = empirical_order(solver, *PROBLEMS[problem][:2], param, *PROBLEMS[problem][2:])
+def test_convergence_order(solver, problem):
+    slope, errs = empirical_order(solver, *PROBLEMS[problem][:2], "eps", *PROBLEMS[problem][2:])
     assert abs(slope - solver.order) <= 0.3, f"order {solver.order}, measured {slope:.2f}, errors {errs}"
 
 
