@@ -50,13 +50,14 @@ examples:
   unigen sample --data checkerboard --process vp --param eps --solver DPMSolverPP --schedule logsnr --steps 25
 """
 
-BENCH_EPILOG = """Every problem is an exact Gaussian-mixture model, so the numbers measure the sampler alone:
-endpoint RMSE against a dopri5 solve (rtol 1e-10) from the same noise, sliced W2 and MMD^2
-against fresh exact samples next to their exact-vs-exact floor. benchmarks/nfe_quality.py
+BENCH_EPILOG = """Samplers on exact Gaussian-mixture models (the numbers measure the sampler alone) and, with
+--quick, a small trained model: endpoint RMSE against a dopri5 solve (rtol 1e-10) from the
+same noise, and sliced W2 against fresh samples next to the samples-vs-samples floor; the
+table's legend defines every column (the JSON also holds MMD^2). benchmarks/nfe_quality.py
 runs the same harness with more options.
 
 examples:
-  unigen bench --quick                     # 2-D problems, five solvers, well under a minute
+  unigen bench --quick                     # 2-D problems, five solvers, about a minute
   unigen bench --quick --samples 100 --no-plot --out /tmp/bench.json
   unigen bench --out bench-full.json      # the full sweep (every solver, 2-D and 16-D)
   unigen bench --quick --optimized         # plus UniPC(3) on grids optimised per problem and NFE
@@ -590,7 +591,7 @@ def build_parser() -> argparse.ArgumentParser:
                        help="NFE-vs-quality sweep on exact Gaussian-mixture oracles (table, JSON, PNG)",
                        description=_wrap("Run every solver at a range of NFE budgets on exact Gaussian-mixture "
                                          "models; print a markdown table per problem, write JSON and log-log plots."))
-    b.add_argument("--quick", action="store_true", help="2-D problems and five solvers (well under a minute)")
+    b.add_argument("--quick", action="store_true", help="2-D problems and five solvers (about a minute)")
     b.add_argument("--out", default="unigen_bench.json", help="JSON path; plots are written next to it")
     b.add_argument("--samples", type=_positive_int, default=None, help="samples per run (default 400 quick, 1000 full)")
     b.add_argument("--seed", type=int, default=0, help="seed of the noise, the exact sets and stochastic solvers")
