@@ -374,9 +374,37 @@ def test_trained_network_ddim_is_euler_on_its_flow_matching_view(trained):
     assert torch.isfinite(logp).all()
 
 
-def test_steps_are_required_except_for_adaptive_solvers():
+def test_default_steps_and_list_grids():
     m = user_model("vp_linear")
-    with pytest.raises(ValueError, match=r"pass steps=N \(the number of DDIM steps\)"):
-        ug.sample(m, "DDIM", shape=(2, 2), dtype=F32)
+    x, info = ug.sample(m, "DDIM", shape=(2, 2), dtype=F32)
+    from unigen.sample import DEFAULT_STEPS
+
+    assert info.nfe == DEFAULT_STEPS == 20 and info.times.numel() == 21
     x, info = ug.sample(m, ug.Adaptive(rtol=1e-3, atol=1e-3), shape=(2, 2), dtype=F32)
-    assert torch.isfinite(x).all() and info.nfe > 6 and info.times.numel() == 2
+    assert torch.isfinite(x).all() and info.nfe > 6 and info.times.numel() == 2  # one adaptive solve
+    x, info = ug.sample(m, "DDIM", schedule=[1.0, 0.5, 0.001], shape=(2, 2), dtype=F32)
+    assert info.nfe == 2 and torch.equal(info.times, torch.tensor([1.0, 0.5, 0.001], dtype=F32))
+    with pytest.raises(ValueError, match='schedule="optimized" needs steps='):
+        ug.sample(m, "DDIM", schedule="optimized", shape=(2, 2), dtype=F32)
+
+
+def test_guided_refuses_kwargs_given_twice():
+    net = UserNet(classes=3)
+    cfg = ug.guided(ug.Model(net, ug.VP.linear(), "eps"), scale=2.0, cond_kwargs={"y": torch.tensor([0, 1])},
+                    uncond_kwargs={"y": torch.tensor([2, 2])})
+    with pytest.raises(ValueError, match=r"model_kwargs \['y'\] are also set by guided\(\)'s cond_kwargs and uncond_kwargs"):
+        ug.sample(cfg, "DDIM", steps=2, shape=(2, 2), dtype=F32, model_kwargs={"y": torch.tensor([1, 1])})
+
+
+def test_adaptive_solver_on_a_nan_network_names_the_interval():
+    def bad(z, t):
+        return torch.where(t < 0.5, torch.nan, 0.1) * z
+    with pytest.raises(FloatingPointError, match=r"Adaptive\('dopri5'\) could not step from t=1 to 0.001.*NaN/inf"):
+        ug.sample(ug.Model(bad, ug.VP.linear(), "eps"), "Adaptive", shape=(2, 2))
+
+
+def test_a_plain_function_on_float64_noise_is_told_to_declare_its_dtype():
+    lin = nn.Linear(2, 2).to(F32)
+    m = ug.Model(lambda z, t: lin(z), ug.VP.linear(), "eps")  # not an nn.Module: dtype unknown
+    with pytest.raises(TypeError, match=r"Model\(\.\.\., dtype=torch.float32\)"):
+        ug.sample(m, "DDIM", steps=2, noise=torch.randn(2, 2, dtype=torch.float64))

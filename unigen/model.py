@@ -163,7 +163,8 @@ class Model:
         try:
             out = self.fn(x, time, **kw)
         except RuntimeError as e:
-            if "dtype" in str(e) or "scalar type" in str(e):
+            msg = str(e)
+            if "dtype" in msg or "scalar type" in msg or ("type" in msg and "should be the same" in msg):
                 raise TypeError(
                     f"the network failed on input of dtype {x.dtype} ({e}); declare the dtype it computes in, "
                     f"Model(..., dtype=torch.float32), so inputs are cast to it, or pass noise of that dtype"
@@ -351,6 +352,13 @@ class _Guided(Model):
 
     def raw(self, z, t, coefs=None, model_kwargs=None):
         kw = _EMPTY if model_kwargs is None else model_kwargs
+        if kw and (self.cond_kwargs or self.uncond_kwargs):
+            unused = sorted(set(kw) & set(self.cond_kwargs or ()) & set(self.uncond_kwargs or ()))
+            if unused:  # overridden in both branches: the value given at sampling would reach nothing
+                raise ValueError(
+                    f"model_kwargs {unused} are also set by guided()'s cond_kwargs and uncond_kwargs, so the "
+                    "values given here would reach neither branch; pass them in one place"
+                )
         u = self.uncond.raw(z, t, coefs, {**kw, **self.uncond_kwargs} if self.uncond_kwargs else kw)
         c = self.cond.raw(z, t, coefs, {**kw, **self.cond_kwargs} if self.cond_kwargs else kw)
         return u + self.scale * (c - u)
@@ -370,7 +378,8 @@ def guided(cond: Model, uncond: Model | None = None, scale: float = 1.0, *,
 
         guided(model, scale=7.5, cond_kwargs={"y": labels}, uncond_kwargs={"y": null_labels})
 
-    Each branch's kwargs are added to (and override) the ``model_kwargs`` given at sampling.
+    Each branch's kwargs are added to (and override) the ``model_kwargs`` given at sampling; a
+    key that both branches override is refused there (its sampling value would reach neither).
     """
     uncond = cond if uncond is None else uncond
     for name, m in (("cond", cond), ("uncond", uncond)):

@@ -19,7 +19,9 @@ from .parametrization import _check_det, _Coefs
 from .schedules import default_schedule, make_grid
 from .solvers.base import Dynamics, Grid, Noise, get_solver
 
-__all__ = ["sample", "SampleInfo"]
+__all__ = ["sample", "SampleInfo", "DEFAULT_STEPS"]
+
+DEFAULT_STEPS = 20  # solver steps when sample() is given neither steps nor a tensor grid (as unigen sample)
 
 
 @dataclass
@@ -58,10 +60,11 @@ def sample(
     Args:
         model: a :class:`~unigen.model.Model`.
         solver: a Solver instance, class or registered name (``ug.solvers.REGISTRY``).
-        steps: number of solver steps (grid of ``steps + 1`` times); for ``Adaptive`` it
-            defaults to 1 (one error-controlled solve from t_start to t_end).
+        steps: number of solver steps (grid of ``steps + 1`` times); default 20
+            (``DEFAULT_STEPS``, as ``unigen sample``), and 1 for ``Adaptive`` (one
+            error-controlled solve from t_start to t_end).
         schedule: ``"uniform" | "logsnr" | "karras" | "quadratic" | "leading" | "trailing" |
-            "linspace"`` or a strictly decreasing tensor of times (used exactly, first to
+            "linspace"`` or a strictly decreasing tensor (or list) of times (used exactly, first to
             last), or ``"optimized"``: a grid tuned to this model and solver on a calibration
             batch (``unigen.calibration.optimized_grid``; computed once, then cached). Default: ``process.default_schedule`` ("logsnr" for diffusion, "karras"
             for EDM, "uniform" for flow matching / cosine).
@@ -96,10 +99,11 @@ def sample(
     model_kwargs = check_model_kwargs(model_kwargs)
     solver = get_solver(solver)
     process = model.process
-    if steps is None and not isinstance(schedule, Tensor):
-        if not getattr(solver, "adaptive", False):
-            raise ValueError(f"pass steps=N (the number of {type(solver).__name__} steps) or a tensor of times as schedule")
-        steps = 1  # an adaptive solver chooses its own steps between the grid's two ends
+    if isinstance(schedule, (list, tuple)):
+        schedule = torch.tensor([float(v) for v in schedule], dtype=torch.float64)
+    if steps is None and not isinstance(schedule, Tensor) and schedule != "optimized":
+        # an adaptive solver chooses its own steps between the grid's two ends
+        steps = 1 if getattr(solver, "adaptive", False) else DEFAULT_STEPS
     if isinstance(schedule, str) and schedule == "optimized":
         from .calibration import optimized_grid
 

@@ -68,5 +68,14 @@ class Adaptive(Solver):
 
         span = grid.ts[i : i + 2]
         options = landing_options(self.method, span, self.options, grid.process)
-        z1 = odeint(f, z, span, method=self.method, rtol=self.rtol, atol=self.atol, options=options)[-1]
+        try:
+            z1 = odeint(f, z, span, method=self.method, rtol=self.rtol, atol=self.atol, options=options)[-1]
+        except AssertionError as e:  # torchdiffeq's step-size controller gave up
+            if "underflow in dt" not in str(e):
+                raise
+            raise FloatingPointError(
+                f"{type(self).__name__}({self.method!r}) could not step from t={float(span[0]):.6g} to "
+                f"{float(span[1]):.6g}: its step size underflowed, which happens when the network returns NaN/inf "
+                "(check ug.Model(...)(z, t) at these times) or the ODE is too stiff for rtol/atol"
+            ) from e
         return z1, state
