@@ -26,6 +26,7 @@ Grids are validated: strictly decreasing, inside the process's domain, no duplic
 from __future__ import annotations
 
 import math
+import weakref
 
 import torch
 from torch import Tensor
@@ -43,11 +44,27 @@ def default_schedule(process, t_start: float | None = None) -> str:
     A diffusers spacing ("leading", "trailing", "linspace") covers the whole training table,
     so for a ``t_start`` below ``t_max`` (a model defined on part of the range only, e.g.
     one moved over by ``Model.to``) the log-SNR rule applies instead."""
-    name = getattr(process, "default_schedule", None)
     start = sample_range(process)[0] if t_start is None else float(t_start)
-    if name is not None and not (name in _DISCRETE and start < process.t_max):
-        return name
-    return "logsnr" if math.isfinite(float(process.log_snr(torch.tensor(start, dtype=torch.float64)))) else "uniform"
+    memo = _memo(process)
+    if ("schedule", start) not in memo:
+        name = getattr(process, "default_schedule", None)
+        if name is None or (name in _DISCRETE and start < process.t_max):
+            finite = math.isfinite(float(process.log_snr(torch.tensor(start, dtype=torch.float64))))
+            name = "logsnr" if finite else "uniform"
+        memo[("schedule", start)] = name
+    return memo[("schedule", start)]
+
+
+# per-process answers of sample_range/default_schedule (schedule arithmetic that every sample()
+# call would otherwise redo); weak keys, so a process that is dropped takes its entries along
+_MEMO: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
+
+
+def _memo(process) -> dict:
+    try:
+        return _MEMO.setdefault(process, {})
+    except TypeError:  # an unhashable or non-weak-referenceable process: no memo
+        return {}
 
 
 def sample_range(process) -> tuple[float, float]:
@@ -57,12 +74,15 @@ def sample_range(process) -> tuple[float, float]:
     for the family: 1e-3 for VP / sub-VP / flow matching / cosine (score_sde's eps),
     t_min = 1/N for a DDPM table, t_min for VE (sigma_min > 0) and sigma_min for EDM.
     """
-    start, end = getattr(process, "sample_start", None), getattr(process, "sample_end", None)
-    if start is None:
-        start = process.t_max
-    if end is None:
-        end = _finite_end(process)
-    return float(start), float(end)
+    memo = _memo(process)
+    if "range" not in memo:
+        start, end = getattr(process, "sample_start", None), getattr(process, "sample_end", None)
+        if start is None:
+            start = process.t_max
+        if end is None:
+            end = _finite_end(process)
+        memo["range"] = (float(start), float(end))
+    return memo["range"]
 
 
 def _finite_end(process) -> float:
