@@ -292,6 +292,8 @@ def test_cli_rules_match_the_library(tmp_path):
 
 @pytest.mark.parametrize("argv, names", [
     (["sample", "--solver", "DDIMM"], ["--solver", "did you mean DDIM?"]),
+    (["sample", "--solver", "DPM++"], ["--solver", "did you mean DPMSolverPP?"]),  # not DDPM
+    (["sample", "--solver", "dpm_solver"], ["--solver", "did you mean DPMSolver?"]),
     (["sample", "--steps", "0"], ["--steps"]),
     (["sample", "--data", "nope"], ["--data"]),
     (["verify", "--only", "no-such-claim"], ["--only"]),

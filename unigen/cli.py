@@ -400,7 +400,12 @@ def check_sample_args(args) -> None:
 
     if args.solver not in solvers.REGISTRY:
         names = sorted(solvers.REGISTRY)
-        close = difflib.get_close_matches(args.solver, names, n=1) or [n for n in names if n.lower() == args.solver.lower()]
+        # compare spellings as people write them: case, "++" for "PP", with or without "Solver"
+        def key(name: str) -> str:
+            return "".join(c for c in name.lower().replace("++", "pp").replace("solver", "") if c.isalnum())
+
+        by_key = {key(n): n for n in names}
+        close = [by_key[k] for k in difflib.get_close_matches(key(args.solver), list(by_key), n=1)]
         hint = f" (did you mean {close[0]}?)" if close else ""
         raise CLIError(f"unknown solver {args.solver!r} for --solver{hint}; valid names are {', '.join(names)}")
     params = valid_params(args.process)
