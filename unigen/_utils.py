@@ -87,3 +87,10 @@ def check_in_domain(t: Tensor, lo: float, hi: float, what: str, name: str = "t")
     if bool(bad.any()):
         vals = t[bad].flatten()[:4].tolist()
         raise ValueError(f"{name} must lie in {what}'s domain [{lo:g}, {hi:g}], got {vals}")
+
+
+def refuse_non_finite(x: Tensor, name: str) -> None:
+    """Refuse a tensor with NaN/inf entries up front, saying how many (one host sync: API edges)."""
+    bad = ~torch.isfinite(x)
+    if bool(bad.any()):
+        raise ValueError(f"{name} contains {int(bad.sum())} non-finite values")

@@ -26,6 +26,7 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor, nn
 
+from ._utils import refuse_non_finite
 from .model import Model
 from .noise import randn
 from .sample import check_model_kwargs
@@ -199,8 +200,7 @@ def log_likelihood(
         raise ValueError(f"n_probes must be an integer >= 1, got {n_probes!r}")
     if adjoint and not grad:
         raise ValueError("adjoint=True computes gradients: pass grad=True as well")
-    if not bool(torch.isfinite(x).all()):
-        raise ValueError(f"x contains {int((~torch.isfinite(x)).sum())} non-finite values")
+    refuse_non_finite(x, "x")
     model_kwargs = check_model_kwargs(model_kwargs)
     process = model.process
     t0, T = likelihood_range(model, t0, T)

@@ -13,7 +13,7 @@ from dataclasses import dataclass, field
 import torch
 from torch import Tensor
 
-from ._utils import SingularConversionError, compute_dtype
+from ._utils import SingularConversionError, compute_dtype, refuse_non_finite
 from .model import Model
 from .parametrization import _check_det, _Coefs
 from .schedules import default_schedule, make_grid
@@ -116,8 +116,7 @@ def sample(
     if noise is not None:
         if not isinstance(noise, Tensor) or not noise.is_floating_point():
             raise TypeError("noise must be a floating tensor z_T")
-        if not bool(torch.isfinite(noise).all()):
-            raise ValueError(f"noise contains {int((~torch.isfinite(noise)).sum())} non-finite values")
+        refuse_non_finite(noise, "noise")
         if shape is not None and tuple(shape) != tuple(noise.shape):
             raise ValueError(f"shape {tuple(shape)} disagrees with noise of shape {tuple(noise.shape)}")
         if device is not None and torch.device(device) != noise.device:
