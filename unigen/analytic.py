@@ -23,7 +23,7 @@ from torch import Tensor
 
 from ._utils import as_time, check_time_shape, expand_like
 from .noise import randn
-from .parametrization import _Coefs, check_parametrization
+from .parametrization import PathCoefficients, check_parametrization
 
 __all__ = ["GaussianMixture"]
 
@@ -179,7 +179,7 @@ class GaussianMixture:
                 return eps
             if parametrization == "score":
                 return score
-            a, b = _Coefs(process, t, z).ab(parametrization)
+            a, b = PathCoefficients(process, t, z).ab(parametrization)
             return a * x0 + b * eps
 
         return Model(fn, process, parametrization, energy=self.energy_fn(process), t_range=everywhere)

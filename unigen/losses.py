@@ -79,7 +79,7 @@ from torch import Tensor
 from ._utils import as_time, check_time_shape, compute_dtype, expand_like
 from .model import Model
 from .noise import randn
-from .parametrization import _Coefs
+from .parametrization import PathCoefficients
 
 __all__ = [
     "loss",
@@ -111,7 +111,7 @@ REDUCTIONS = ("mean", "sum", "none")
 # ---------------------------------------------------------------------------------------
 # D_Q = a_Q sigma - b_Q alpha: ||P_hat - P||^2 = (D_P/D_M)^2 ||M_hat - M||^2
 # ---------------------------------------------------------------------------------------
-def _d_coef(name: str, c: _Coefs):
+def _d_coef(name: str, c: PathCoefficients):
     """D_name for P = a x + b eps (B_P = D_P / sigma); written to avoid dividing by alpha."""
     if name in ("x0", "denoiser"):
         return c.sigma
@@ -128,7 +128,7 @@ def _d_coef(name: str, c: _Coefs):
     raise ValueError(f"unknown target {name!r}; valid targets are {', '.join(TARGETS)}")
 
 
-def _target(name: str, c: _Coefs, x: Tensor, eps: Tensor) -> Tensor:
+def _target(name: str, c: PathCoefficients, x: Tensor, eps: Tensor) -> Tensor:
     """The exact value of output type ``name`` for the pair (x, eps)."""
     if name in ("x0", "denoiser"):
         return x
@@ -166,7 +166,7 @@ class Weighting:
     def __repr__(self):
         return f"Weighting({self.name!r})"
 
-    def _num(self, c: _Coefs, sampler: "TSampler | None"):
+    def _num(self, c: PathCoefficients, sampler: "TSampler | None"):
         """w(t) alpha^2 (shape of c.t or broadcastable)."""
         if self.target is not None:
             d = _d_coef(self.target, c)
@@ -175,7 +175,7 @@ class Weighting:
             return self.numerator(c)
         return self._density_weight(c, sampler) * c.alpha * c.alpha
 
-    def _density_weight(self, c: _Coefs, sampler):
+    def _density_weight(self, c: PathCoefficients, sampler):
         if sampler is None or not sampler.has_density:
             raise ValueError(
                 f"weighting {self.name!r} is a density-form weighting (Kingma & Gao 2023): it divides by the "
@@ -188,12 +188,12 @@ class Weighting:
 
     def per_sample(self, process, t: Tensor, sampler=None) -> Tensor:
         """w(t), the weight on ||eps_hat - eps||^2 (infinite where alpha = 0 for most targets)."""
-        c = _Coefs(process, t, t)
+        c = PathCoefficients(process, t, t)
         if self.density is not None:
             return self._density_weight(c, sampler) * torch.ones_like(t)
         return self._num(c, sampler) / (c.alpha * c.alpha) * torch.ones_like(t)
 
-    def factor(self, c: _Coefs, model_param: str, sampler=None):
+    def factor(self, c: PathCoefficients, model_param: str, sampler=None):
         """Multiplier on ||M_hat - M||^2 for a model of parametrization ``model_param``."""
         if self.target is not None and _SAME.get(self.target, self.target) == _SAME.get(model_param, model_param):
             return 1.0
@@ -201,7 +201,7 @@ class Weighting:
         return self._num(c, sampler) / (d * d)
 
 
-def _edm_numerator(c: _Coefs):
+def _edm_numerator(c: PathCoefficients):
     sd = float(getattr(c.process, "sigma_data", 0.5))
     return c.alpha * c.alpha + c.sigma * c.sigma / (sd * sd)
 
@@ -605,12 +605,12 @@ def loss(
     process = model.process
     t = _times(model, x, t, sampler, generator)
     eps = _noise(x, eps, generator)
-    c = _Coefs(process, t, x)
+    c = PathCoefficients(process, t, x)
     z = c.alpha * x + c.sigma * eps
     out = _raw(model, z.to(x.dtype), t)
     m = "x0" if model.parametrization == "denoiser" else model.parametrization
     err = (out - _target(m, c, x, eps)).flatten(1).square().sum(1)
-    factor = w.factor(_Coefs(process, t, t), m, sampler)
+    factor = w.factor(PathCoefficients(process, t, t), m, sampler)
     return _reduce(factor * err, reduction)
 
 
@@ -630,7 +630,7 @@ def target_mse(model: Model, x: Tensor, t, eps: Tensor, target: str = "eps") -> 
     t = _times(model, x, t, None, None)
     eps = _noise(x, eps, None)
     process = model.process
-    c = _Coefs(process, t, x)
+    c = PathCoefficients(process, t, x)
     z = c.alpha * x + c.sigma * eps
     pred = model(z, t)
     if target == "v_n":

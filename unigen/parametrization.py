@@ -35,7 +35,7 @@ from torch import Tensor
 
 from ._utils import SingularConversionError, as_time, check_time_shape, expand_like
 
-__all__ = ["PARAMETRIZATIONS", "convert", "coefficients", "Prediction", "check_parametrization"]
+__all__ = ["PARAMETRIZATIONS", "convert", "coefficients", "Prediction", "PathCoefficients", "check_parametrization"]
 
 PARAMETRIZATIONS = ("eps", "x0", "v", "score", "velocity", "denoiser")
 
@@ -66,7 +66,7 @@ def check_parametrization(name, argument: str = "parametrization") -> str:
     return name
 
 
-class _Coefs:
+class PathCoefficients:
     """alpha, sigma (and alpha', sigma' on demand) of one process at one t, broadcast to z.
 
     Solvers that know the values in advance (Python floats precomputed on the grid) build
@@ -119,11 +119,11 @@ def coefficients(name: str, process, t) -> tuple[Tensor, Tensor]:
     """The pair (a_t, b_t) with ``name`` = a_t x0 + b_t eps, as tensors shaped like t."""
     check_parametrization(name)
     t = as_time(t)
-    a, b = _Coefs(process, t, t).ab(name)
+    a, b = PathCoefficients(process, t, t).ab(name)
     return a * torch.ones_like(t), b * torch.ones_like(t)
 
 
-def _reproject(out: Tensor, z: Tensor, src_c: _Coefs, src: str, dst_c: _Coefs, dst: str, check: bool) -> Tensor:
+def _reproject(out: Tensor, z: Tensor, src_c: PathCoefficients, src: str, dst_c: PathCoefficients, dst: str, check: bool) -> Tensor:
     """The single conversion formula.
 
     With (x0, eps) solved from  alpha x0 + sigma eps = z,  a x0 + b eps = out  (det = alpha b - sigma a)
@@ -160,7 +160,7 @@ def _lin(cz, z: Tensor, co, out: Tensor) -> Tensor:
     return cz * z + co * out
 
 
-def lin_coefs(c: "_Coefs", src: str, cx, ce):
+def lin_coefs(c: "PathCoefficients", src: str, cx, ce):
     """(cz, co) with  cx x0 + ce eps = cz z + co out  for a ``src``-type output at coefficients c."""
     src = "x0" if src == "denoiser" else src
     a, b = c.ab(src)
@@ -229,7 +229,7 @@ def convert(out: Tensor, z: Tensor, t, process, src: str = "eps", dst: str = "x0
         if out.device != z.device:
             raise ValueError(f"out is on {out.device} but z is on {z.device}")
         process.check_t(t)
-    c = _Coefs(process, t.to(out.dtype) if t.dtype != out.dtype else t, z)
+    c = PathCoefficients(process, t.to(out.dtype) if t.dtype != out.dtype else t, z)
     return _reproject(out, z, c, src, c, dst, check)
 
 
@@ -240,10 +240,10 @@ class Prediction:
     cached, so a solver that needs (x0, eps) pays for the conversion once per model call.
     """
 
-    def __init__(self, out: Tensor, z: Tensor, t: Tensor, process, parametrization: str, coefs: _Coefs | None = None):
+    def __init__(self, out: Tensor, z: Tensor, t: Tensor, process, parametrization: str, coefs: PathCoefficients | None = None):
         self.out, self.z, self.t, self.process = out, z, t, process
         self.parametrization = parametrization
-        self._c = _Coefs(process, t, z) if coefs is None else coefs
+        self._c = PathCoefficients(process, t, z) if coefs is None else coefs
 
     def as_(self, name: str) -> Tensor:
         """The prediction as output type ``name`` (no singularity check: see :func:`convert`)."""

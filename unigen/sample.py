@@ -15,7 +15,7 @@ from torch import Tensor
 
 from ._utils import SingularConversionError, compute_dtype, refuse_non_finite
 from .model import Model
-from .parametrization import _check_det, _Coefs
+from .parametrization import _check_det, PathCoefficients
 from .schedules import default_schedule, make_grid
 from .solvers.base import Dynamics, Grid, Noise, get_solver
 
@@ -300,7 +300,7 @@ def _check_start(model: Model, grid: Grid) -> None:
 def _singular_start(model: Model, t: float) -> str | None:
     """Why ``model``'s output cannot give (x0, eps) at time t, or None if it can."""
     t0 = torch.tensor([t], dtype=torch.float64)
-    c = _Coefs(model.process, t0, t0)
+    c = PathCoefficients(model.process, t0, t0)
     name = model.parametrization
     if name == "denoiser":
         if float(c.alpha) == 0.0:

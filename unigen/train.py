@@ -29,7 +29,7 @@ from torch import Tensor, nn
 from . import losses as _losses
 from . import process as _proc
 from .model import Model
-from .parametrization import _Coefs, check_parametrization
+from .parametrization import PathCoefficients, check_parametrization
 
 __all__ = [
     "eight_gaussians",
@@ -310,7 +310,7 @@ class Preconditioned(nn.Module):
             a, bb = 1.0, 0.0
         else:
             tt = _per_sample(t, b, z)
-            c = _Coefs(self.process, tt, tt)
+            c = PathCoefficients(self.process, tt, tt)
             alpha, sigma = c.alpha, c.sigma
             lam = self.process.log_snr(tt)
             a, bb = c.ab(self.parametrization)

@@ -23,7 +23,7 @@ from torch import Tensor
 
 from .._utils import IncompatibleSolverError, SingularConversionError
 from ..noise import randn_like
-from ..parametrization import Prediction, _Coefs, lin_coefs
+from ..parametrization import Prediction, PathCoefficients, lin_coefs
 
 __all__ = ["Dynamics", "Grid", "Solver", "Noise", "REGISTRY", "get_solver"]
 
@@ -93,7 +93,7 @@ class Grid:
         self.ends_at_zero = self.sigma[-1] == 0.0
         d_alpha, d_sigma = self.d_coefs(self.times)
         self._coefs = [
-            _Coefs.fixed(process, self.t[i], self.alpha[i], self.sigma[i], d_alpha[i], d_sigma[i]) for i in range(self.n + 1)
+            PathCoefficients.fixed(process, self.t[i], self.alpha[i], self.sigma[i], d_alpha[i], d_sigma[i]) for i in range(self.n + 1)
         ]
         self.parametrization = parametrization
         self.checked: set = set()  # parametrizations whose start has been validated (sample())
@@ -135,18 +135,18 @@ class Grid:
         if param == "denoiser":
             self._attach_ve(self._coefs)
 
-    def _attach_ve(self, coefs: list[_Coefs]) -> None:
+    def _attach_ve(self, coefs: list[PathCoefficients]) -> None:
         """(1/alpha, sigma/alpha, alpha == 1) as 0-dim tensors: the denoiser's VE inputs (Model.raw)."""
         ok = [c for c in coefs if c.alpha > 0]
         ts = self.tensors([v for c in ok for v in (1.0 / c.alpha, c.sigma / c.alpha)])
         for j, c in enumerate(ok):
             c.__dict__["ve"] = (ts[2 * j], ts[2 * j + 1], c.alpha == 1.0)
 
-    def coefs(self, i: int) -> _Coefs:
+    def coefs(self, i: int) -> PathCoefficients:
         """Precomputed coefficients at grid point i (for ``Dynamics.predict``)."""
         return self._coefs[i]
 
-    def fixed(self, times) -> list[_Coefs]:
+    def fixed(self, times) -> list[PathCoefficients]:
         """Coefficients at off-grid times (stages, intermediate points), in one vectorised pass."""
         t64 = torch.as_tensor(times, dtype=torch.float64).detach().cpu().reshape(-1)
         if t64.numel() == 0:
@@ -154,7 +154,7 @@ class Grid:
         p = self.process
         vals = [f(t64).tolist() for f in (p.alpha, p.sigma, p.d_alpha, p.d_sigma)]
         tt = t64.to(dtype=self.ts.dtype, device=self.ts.device).unbind(0)
-        out = [_Coefs.fixed(p, tt[j], *(v[j] for v in vals)) for j in range(len(tt))]
+        out = [PathCoefficients.fixed(p, tt[j], *(v[j] for v in vals)) for j in range(len(tt))]
         if self.parametrization == "denoiser":
             self._attach_ve(out)
         return out
