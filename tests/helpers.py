@@ -3,7 +3,6 @@
 import importlib
 import importlib.metadata
 import importlib.util
-import math
 import os
 
 import pytest
@@ -12,26 +11,11 @@ from hypothesis import strategies as st
 
 import unigen as ug
 
-DDPM_BETAS = torch.linspace(1e-4, 0.02, 1000, dtype=torch.float64)
+DDPM_BETAS = torch.linspace(1e-4, 0.02, 1000, dtype=torch.float64)  # VPDiscrete.examples()' table
 
-
-def _affine():
-    # a user path with no closed forms given: derivatives by autograd, inverse by bisection
-    return ug.Affine(alpha=lambda t: 1 - t**2, sigma=lambda t: torch.sin(0.5 * math.pi * t))
-
-
-PROCESSES = {
-    "vp_linear": ug.VP.linear(),
-    "vp_cosine": ug.VP.cosine(),
-    "vp_discrete": ug.VP.discrete(DDPM_BETAS),
-    "vp_discrete_zsnr": ug.VP.discrete(DDPM_BETAS, rescale_zero_terminal_snr=True),
-    "subvp": ug.SubVP(),
-    "ve": ug.VE(),
-    "edm": ug.EDM(),
-    "fm": ug.FlowMatching(),
-    "cosine": ug.Cosine(),
-    "affine": _affine(),
-}
+# every process class of unigen.process, through its examples() (a new class joins every process
+# test by registering itself); processes defined elsewhere (unigen.interop) have tests of their own
+PROCESSES = ug.process.process_examples([c for c in ug.process.REGISTRY.values() if c.__module__ == "unigen.process"])
 NAMES = sorted(PROCESSES)
 
 

@@ -235,3 +235,181 @@ def test_time_errors():
         p.marginal(x, 0.5, torch.randn(2, 4))
     with pytest.raises(ValueError, match="one per batch item"):
         p.prior_sample((3, 2), generator=[torch.Generator()] * 2)
+
+
+# ---- the registry: configs, names, examples ------------------------------------------------
+import json  # noqa: E402
+
+import unigen.interop  # noqa: E402,F401  (registers ShiftedFlowMatching too)
+from unigen import process as P  # noqa: E402
+
+floats = st.floats
+
+
+def _betas(draw):
+    n = draw(st.integers(3, 60))
+    lo = draw(floats(1e-5, 0.05))
+    hi = draw(floats(lo, 0.5))
+    return torch.linspace(lo, hi, n, dtype=torch.float64)
+
+
+@st.composite
+def _vp_linear_args(draw):
+    b0 = draw(floats(0.01, 5.0))
+    return {"beta_min": b0, "beta_max": draw(floats(b0, 40.0))}
+
+
+@st.composite
+def _sigma_pair(draw):
+    lo = draw(floats(1e-4, 1.0))
+    return {"sigma_min": lo, "sigma_max": draw(floats(lo * 1.01, 200.0))}
+
+
+@st.composite
+def _edm_args(draw):
+    return {**draw(_sigma_pair()), "sigma_data": draw(floats(0.05, 2.0))}
+
+
+@st.composite
+def _discrete_args(draw):
+    return {"betas": _betas(draw), "rescale_zero_terminal_snr": draw(st.booleans())}
+
+
+# constructor settings of every configurable registered class (a new process must add its own)
+SETTINGS = {
+    "VPLinear": _vp_linear_args(),
+    "SubVP": _vp_linear_args(),
+    "VPCosine": st.builds(dict, s=floats(0.0, 0.5)),
+    "VPDiscrete": _discrete_args(),
+    "VE": _sigma_pair(),
+    "EDM": _edm_args(),
+    "FlowMatching": st.just({}),
+    "Cosine": st.just({}),
+    "ShiftedFlowMatching": st.builds(dict, shift=floats(0.05, 20.0)),
+}
+CONFIGURABLE = sorted(n for n, c in P.REGISTRY.items() if c.configurable)
+
+
+def test_every_configurable_process_has_settings():
+    assert sorted(SETTINGS) == CONFIGURABLE
+
+
+@given(st.sampled_from(CONFIGURABLE).flatmap(lambda n: SETTINGS[n].map(lambda kw: (n, kw))),
+       st.lists(unit, min_size=1, max_size=16))
+def test_config_round_trip_is_exact(name_kwargs, us):
+    name, kwargs = name_kwargs
+    p = P.REGISTRY[name](**kwargs)
+    cfg = p.to_config()
+    assert cfg["class"] == name
+    q = P.from_config(json.loads(json.dumps(cfg)))  # through JSON text: plain data only
+    assert type(q) is type(p) and repr(q) == repr(p) and q.to_config() == cfg
+    assert (q.t_min, q.t_max, q.model_range) == (p.t_min, p.t_max, p.model_range)
+    u = torch.tensor(us, dtype=torch.float64)
+    t = torch.cat([p.t_min + u * (p.t_max - p.t_min), torch.tensor([p.t_min, p.t_max], dtype=torch.float64)])
+    for f in ("alpha", "sigma", "d_alpha", "d_sigma", "log_snr", "d_log_snr", "g2"):
+        a, b = getattr(p, f)(t), getattr(q, f)(t)
+        assert torch.equal(a, b) or torch.allclose(a, b, rtol=1e-15, atol=0.0, equal_nan=True), f
+    for dtype in (torch.float32, torch.float64):
+        lam = p.log_snr(t[:-2].to(dtype))
+        assert torch.equal(p.t_from_log_snr(lam), q.t_from_log_snr(lam))
+
+
+@pytest.mark.parametrize("label", [n for n in NAMES if PROCESSES[n].configurable])
+def test_example_configs_round_trip(label):
+    p = PROCESSES[label]
+    q = P.from_config(json.loads(json.dumps(p.to_config())))
+    t = torch.linspace(p.t_min, p.t_max, 1001, dtype=torch.float64)
+    for f in ("alpha", "sigma", "d_alpha", "d_sigma", "log_snr"):
+        assert torch.equal(getattr(p, f)(t), getattr(q, f)(t)), f
+
+
+def test_config_contents():
+    assert ug.VP.linear(0.2, 10.0).to_config() == {"class": "VPLinear", "beta_min": 0.2, "beta_max": 10.0}
+    assert ug.EDM(sigma_data=0.7).to_config() == {"class": "EDM", "sigma_min": 0.002, "sigma_max": 80.0, "sigma_data": 0.7}
+    assert ug.FlowMatching().to_config() == {"class": "FlowMatching"}
+    cfg = ug.VP.discrete(DDPM_BETAS, rescale_zero_terminal_snr=True).to_config()
+    assert cfg["betas"] == DDPM_BETAS.tolist() and cfg["rescale_zero_terminal_snr"] is True
+    assert unigen.interop.ShiftedFlowMatching(3.0).to_config() == {"class": "ShiftedFlowMatching", "shift": 3.0}
+
+
+def test_from_config_errors():
+    with pytest.raises(ValueError, match=r"unknown process class 'Nope'.*registered processes are .*VPLinear"):
+        P.from_config({"class": "Nope"})
+    with pytest.raises(ValueError, match="unknown process class None"):
+        P.from_config({"beta_min": 0.1})
+    with pytest.raises(ValueError, match=r"unknown field\(s\) sigma in the config of VE; its fields are sigma_max, sigma_min"):
+        P.from_config({"class": "VE", "sigma": 1.0})
+    with pytest.raises(ValueError, match=r"config of VPDiscrete lacks the field\(s\) betas"):
+        P.from_config({"class": "VPDiscrete"})
+    with pytest.raises(ValueError, match="bad config of VE: sigma_min must be a positive"):
+        P.from_config({"class": "VE", "sigma_min": -1.0})
+    with pytest.raises(ValueError, match="Affine takes Python callables"):
+        P.from_config({"class": "Affine"})
+    with pytest.raises(TypeError, match="takes the dict"):
+        P.from_config("VE")
+    with pytest.raises(TypeError, match="Affine takes Python callables"):
+        PROCESSES["affine"].to_config()
+
+
+def test_unregistered_and_unplain_processes_have_no_config():
+    class _Local(ug.FlowMatching):  # a leading underscore: not registered
+        pass
+
+    assert "_Local" not in P.REGISTRY
+    with pytest.raises(TypeError, match="not in unigen.process.REGISTRY"):
+        _Local().to_config()
+
+    class _Odd(ug.Process, register=False):
+        def __init__(self, fn=print):
+            self.fn = fn
+
+    assert "_Odd" not in P.REGISTRY
+    P.REGISTRY["_Odd"] = _Odd
+    try:
+        with pytest.raises(TypeError, match=r"_Odd.fn is a builtin_function_or_method.*override to_config"):
+            _Odd().to_config()
+    finally:
+        del P.REGISTRY["_Odd"]
+
+
+def test_get_process_and_names():
+    assert type(P.get_process("vp")) is P.VPLinear and type(P.get_process("VPLinear")) is P.VPLinear
+    assert type(P.get_process("FM")) is ug.FlowMatching and type(P.get_process("subvp")) is ug.SubVP
+    assert P.get_process("ve", sigma_max=10.0).sigma_max == 10.0
+    p = ug.EDM()
+    assert P.get_process(p) is p
+    with pytest.raises(ValueError, match=r"unknown process 'vpp'; valid names are .*VPLinear.*fm"):
+        P.get_process("vpp")
+    with pytest.raises(TypeError, match="VPDiscrete"):
+        P.get_process("vp_discrete")  # needs betas
+    names = P.process_names()
+    assert names["vp"] is P.VPLinear and names["SubVP"] is ug.SubVP and "VP" not in P.REGISTRY
+    assert ug.SubVP.aliases == ("subvp",)  # aliases are not inherited
+
+
+def test_examples_cover_the_registry():
+    builtin = [c for c in P.REGISTRY.values() if c.__module__ == "unigen.process"]
+    ex = P.process_examples(builtin)
+    assert sorted(ex) == NAMES  # the test suite's processes are exactly these
+    assert {type(p) for p in ex.values()} == set(builtin)
+
+    class _NeedsArg(ug.Process):
+        def __init__(self, k):
+            self.k = k
+
+    with pytest.raises(TypeError, match=r"_NeedsArg\(\) needs k: define the classmethod _NeedsArg.examples\(\)"):
+        _NeedsArg.examples()
+
+    class _Sub(ug.VE):  # inherits VE's label
+        pass
+
+    with pytest.raises(ValueError, match="the example label 've' is used by VE and _Sub"):
+        P.process_examples([ug.VE, _Sub])
+
+    class _Wrong(ug.VE):
+        @classmethod
+        def examples(cls):
+            return {"wrong": ug.VE()}
+
+    with pytest.raises(ValueError, match=r"_Wrong.examples\(\) returned a VE under 'wrong'"):
+        P.process_examples([_Wrong])

@@ -16,8 +16,9 @@ autograd derivatives and a fixed-iteration bisection for the inverse log-SNR.
 
 from __future__ import annotations
 
+import inspect
 import math
-from typing import Callable
+from typing import Callable, ClassVar
 
 import torch
 import torch.nn.functional as F
@@ -26,7 +27,12 @@ from torch import Tensor
 from ._utils import as_time, check_in_domain
 
 __all__ = [
+    "REGISTRY",
     "Process",
+    "from_config",
+    "get_process",
+    "process_examples",
+    "process_names",
     "VP",
     "SubVP",
     "VE",
@@ -43,19 +49,76 @@ def _log1mexp(x: Tensor) -> Tensor:
     return torch.where(x > -math.log(2.0), torch.log(-torch.expm1(x)), torch.log1p(-torch.exp(x)))
 
 
+# every Process subclass by class name (filled by Process.__init_subclass__): from_config reads it
+REGISTRY: dict[str, type] = {}
+
+
 class Process:
     """A Gaussian path ``z_t = alpha(t) x + sigma(t) eps`` on ``[t_min, t_max]``.
 
     Subclasses implement ``alpha, sigma, d_alpha, d_sigma`` and, where a closed form
     exists, ``log_snr`` and ``t_from_log_snr``. Everything else derives from those.
 
+    Every subclass is registered in :data:`REGISTRY` under its class name (unless its name
+    starts with ``_`` or it is declared with ``register=False``), which is what
+    :meth:`to_config` / :func:`from_config`, :func:`get_process`, :func:`process_examples`,
+    the CLI and ``unigen verify`` read.
+
     Attributes:
         t_min: start of the domain (data end).
         t_max: end of the domain (prior end).
+        aliases: short names :func:`get_process` (and ``unigen sample --process``) accept
+            besides the class name; the first is the one the CLI shows.
+        configurable: False where the constructor takes something that is not plain data
+            (:class:`Affine`'s callables): no :meth:`to_config` then.
     """
 
     t_min: float = 0.0
     t_max: float = 1.0
+    aliases: ClassVar[tuple] = ()
+    configurable: ClassVar[bool] = True
+
+    def __init_subclass__(cls, register: bool = True, **kwargs):
+        super().__init_subclass__(**kwargs)
+        if "aliases" not in cls.__dict__:
+            cls.aliases = ()  # short names are not inherited: SubVP is not "vp"
+        if register and not cls.__name__.startswith("_"):
+            REGISTRY[cls.__name__] = cls
+
+    # -- plain-data round trips ----------------------------------------------------------
+    def to_config(self) -> dict:
+        """The process as JSON-serialisable data: ``{"class": name, **constructor arguments}``.
+
+        :func:`from_config` rebuilds it exactly (same alpha, sigma, derivatives and log-SNR
+        bit for bit). The arguments are the constructor's parameters, read from the attributes
+        of the same name (tensors become lists of floats). Raises TypeError for a process whose
+        constructor takes callables (:class:`Affine`) or whose class is not registered.
+        """
+        cls = type(self)
+        if REGISTRY.get(cls.__name__) is not cls:
+            raise TypeError(f"{cls.__name__} is not in unigen.process.REGISTRY (declared with register=False, a "
+                            "name starting with _, or replaced by another class of the same name): no config")
+        if not cls.configurable:
+            raise TypeError(f"{cls.__name__} takes Python callables, which a config cannot hold; keep the "
+                            "process object itself (e.g. pass process= to unigen.train.load)")
+        cfg = {"class": cls.__name__}
+        for name in _init_parameters(cls):
+            if not hasattr(self, name):
+                raise TypeError(f"{cls.__name__}.to_config needs the constructor argument {name!r} stored as "
+                                f"the attribute self.{name}; override to_config otherwise")
+            cfg[name] = _plain(getattr(self, name), f"{cls.__name__}.{name}")
+        return cfg
+
+    @classmethod
+    def examples(cls) -> dict:
+        """A few representative instances of this class, by label (the test suite runs every
+        process contract over them). The default is the default-constructed instance under the
+        class name; classes whose constructor needs arguments override this."""
+        missing = [n for n, p in _init_parameters(cls).items() if p.default is inspect.Parameter.empty]
+        if missing:
+            raise TypeError(f"{cls.__name__}() needs {', '.join(missing)}: define the classmethod "
+                            f"{cls.__name__}.examples() returning {{label: instance}}")
+        return {cls.__name__: cls()}
 
     # -- the four primitives -------------------------------------------------------
     def alpha(self, t: Tensor) -> Tensor:
@@ -162,7 +225,7 @@ class Process:
 # ---------------------------------------------------------------------------------------
 # Variance preserving
 # ---------------------------------------------------------------------------------------
-class VP(Process):
+class VP(Process, register=False):
     """Variance-preserving processes, alpha^2 + sigma^2 = 1. Build with the constructors
     :meth:`linear`, :meth:`cosine` and :meth:`discrete`."""
 
@@ -216,6 +279,12 @@ def _check_positive(name: str, value: float) -> float:
 class VPLinear(VP):
     r"""VP-SDE with linear beta:  log alpha(t) = -t^2 (b1 - b0)/4 - t b0/2,  f = -beta/2,  g^2 = beta."""
 
+    aliases = ("vp", "vp_linear")
+
+    @classmethod
+    def examples(cls):
+        return {"vp_linear": cls()}
+
     def __init__(self, beta_min: float = 0.1, beta_max: float = 20.0):
         self.beta_min = _check_positive("beta_min", beta_min)
         self.beta_max = _check_positive("beta_max", beta_max)
@@ -257,6 +326,11 @@ class VPCosine(VP):
     """
 
     sample_start = 0.9946
+    aliases = ("vp_cosine",)
+
+    @classmethod
+    def examples(cls):
+        return {"vp_cosine": cls()}
 
     def __init__(self, s: float = 0.008):
         if not (isinstance(s, (int, float)) and 0 <= s < 1):
@@ -319,6 +393,13 @@ class VPDiscrete(VP):
     is interpolated linearly; log-SNR there falls to -inf at t = 1 and
     ``t_from_log_snr(-inf) == 1``.
     """
+
+    aliases = ("vp_discrete",)
+
+    @classmethod
+    def examples(cls):
+        betas = torch.linspace(1e-4, 0.02, 1000, dtype=torch.float64)  # DDPM's table (Ho et al. 2020)
+        return {"vp_discrete": cls(betas), "vp_discrete_zsnr": cls(betas, rescale_zero_terminal_snr=True)}
 
     def __init__(self, betas, rescale_zero_terminal_snr: bool = False):
         betas = torch.as_tensor(betas, dtype=torch.float64)
@@ -440,6 +521,12 @@ class SubVP(VPLinear):
     r"""sub-VP SDE (Song et al. 2021): alpha as VP-linear, sigma = 1 - alpha^2 (the std),
     f = -beta/2, g^2 = beta (1 - alpha^4)."""
 
+    aliases = ("subvp",)
+
+    @classmethod
+    def examples(cls):
+        return {"subvp": cls()}
+
     def sigma(self, t):
         return -torch.expm1(2.0 * self._log_alpha(t))
 
@@ -471,6 +558,12 @@ class SubVP(VPLinear):
 class VE(Process):
     r"""Variance-exploding SDE (NCSN, Song et al. 2021): alpha = 1,
     sigma(t) = sigma_min (sigma_max/sigma_min)^t, f = 0, g^2 = 2 sigma^2 log(sigma_max/sigma_min)."""
+
+    aliases = ("ve",)
+
+    @classmethod
+    def examples(cls):
+        return {"ve": cls()}
 
     def __init__(self, sigma_min: float = 0.01, sigma_max: float = 50.0):
         self.sigma_min = _check_positive("sigma_min", sigma_min)
@@ -513,6 +606,12 @@ class EDM(Process):
     The domain is [0, sigma_max]; ``sigma_min`` is the smallest nonzero level a Karras
     grid visits before its final step to sigma = 0. f = 0, g^2 = 2t.
     """
+
+    aliases = ("edm",)
+
+    @classmethod
+    def examples(cls):
+        return {"edm": cls()}
 
     def __init__(self, sigma_min: float = 0.002, sigma_max: float = 80.0, sigma_data: float = 0.5):
         self.sigma_min = _check_positive("sigma_min", sigma_min)
@@ -559,6 +658,11 @@ class FlowMatching(Process):
 
     default_schedule = "uniform"
     sample_end = 0.0
+    aliases = ("fm",)
+
+    @classmethod
+    def examples(cls):
+        return {"fm": cls()}
 
     def alpha(self, t):
         return 1.0 - t
@@ -591,6 +695,11 @@ class Cosine(Process):
 
     default_schedule = "uniform"
     sample_end = 0.0
+    aliases = ("cosine",)
+
+    @classmethod
+    def examples(cls):
+        return {"cosine": cls()}
 
     def alpha(self, t):
         return torch.sin(0.5 * math.pi * (1.0 - t))  # = cos(pi t/2), exactly 0 at t = 1
@@ -626,8 +735,15 @@ class Affine(Process):
     ``alpha``/``sigma`` are elementwise callables on tensors. Derivatives come from
     autograd unless ``d_alpha``/``d_sigma`` are given; the inverse log-SNR is a bisection.
     The log-SNR must be strictly decreasing, which is checked on 1025 points at
-    construction.
+    construction. Its callables cannot be stored as plain data: no :meth:`to_config`.
     """
+
+    configurable = False
+
+    @classmethod
+    def examples(cls):
+        # a user path with no closed forms given: derivatives by autograd, inverse by bisection
+        return {"affine": cls(alpha=lambda t: 1 - t**2, sigma=lambda t: torch.sin(0.5 * math.pi * t))}
 
     def __init__(
         self,
@@ -694,3 +810,117 @@ def time_change(src: Process, dst: Process, t) -> tuple[Tensor, Tensor]:
     t = as_time(t)
     t_dst = dst.t_from_log_snr(src.log_snr(t))
     return t_dst, dst.scale(t_dst) / src.scale(t)
+
+
+# ---------------------------------------------------------------------------------------
+# the registry: configs, names, examples
+# ---------------------------------------------------------------------------------------
+def _init_parameters(cls) -> dict:
+    """The named constructor parameters of a process class (no self, no *args/**kwargs)."""
+    if cls.__init__ is object.__init__:
+        return {}
+    params = list(inspect.signature(cls.__init__).parameters.values())[1:]
+    varargs = [p.name for p in params if p.kind in (p.VAR_POSITIONAL, p.VAR_KEYWORD)]
+    if varargs:
+        raise TypeError(f"{cls.__name__}.__init__ takes *{varargs[0]}, which a config cannot name; override "
+                        "to_config and examples")
+    return {p.name: p for p in params}
+
+
+def _plain(value, what: str):
+    """``value`` as JSON data (bool, int, finite float, str, None, lists of those; tensors as lists)."""
+    if isinstance(value, Tensor):
+        value = value.detach().cpu().tolist()
+    if value is None or isinstance(value, (bool, int, str)):
+        return value
+    if isinstance(value, float):
+        if not math.isfinite(value):
+            raise TypeError(f"{what} = {value!r} is not a finite number, which JSON cannot hold")
+        return value
+    if isinstance(value, (list, tuple)):
+        return [_plain(v, what) for v in value]
+    raise TypeError(f"{what} is a {type(value).__name__}, which a config cannot hold (plain numbers, strings, "
+                    "lists and tensors only); override to_config")
+
+
+def _names(names) -> str:
+    names = sorted(names)
+    return ", ".join(names) if names else "(none)"
+
+
+def from_config(cfg: dict) -> Process:
+    """Rebuild a process from :meth:`Process.to_config`'s ``{"class": name, **arguments}``.
+
+    Raises ValueError for a class name that is not registered (listing the registered ones),
+    a process that has no config (:class:`Affine`), a missing or unknown field (listing the
+    constructor's) or a value the constructor refuses. A process defined outside
+    ``unigen.process`` (e.g. ``unigen.interop.ShiftedFlowMatching``) is registered once its
+    module is imported.
+    """
+    if not isinstance(cfg, dict):
+        raise TypeError(f"from_config takes the dict of Process.to_config(), got {type(cfg).__name__}")
+    name = cfg.get("class")
+    cls = REGISTRY.get(name) if isinstance(name, str) else None
+    if cls is None:
+        raise ValueError(f"unknown process class {name!r} in the config; registered processes are "
+                         f"{_names(REGISTRY)}")
+    if not cls.configurable:
+        raise ValueError(f"{name} takes Python callables and cannot be rebuilt from a config; build it yourself")
+    params = _init_parameters(cls)
+    fields = {k: v for k, v in cfg.items() if k != "class"}
+    unknown = sorted(set(fields) - set(params))
+    if unknown:
+        raise ValueError(f"unknown field(s) {', '.join(unknown)} in the config of {name}; its fields are "
+                         f"{_names(params)}")
+    missing = [n for n, p in params.items() if p.default is inspect.Parameter.empty and n not in fields]
+    if missing:
+        raise ValueError(f"the config of {name} lacks the field(s) {', '.join(missing)}; its fields are "
+                         f"{_names(params)}")
+    try:
+        return cls(**fields)
+    except (TypeError, ValueError) as e:
+        raise ValueError(f"bad config of {name}: {e}") from None
+
+
+def process_names() -> dict:
+    """Every name :func:`get_process` accepts: class names and each class's ``aliases``, mapped to
+    the registered class."""
+    out = {}
+    for cname, cls in REGISTRY.items():
+        for n in (cname, *cls.aliases):
+            out[n] = cls
+    return out
+
+
+def get_process(name, **kwargs) -> Process:
+    """The process a name stands for: a registered class name ("VPLinear") or alias ("vp", "fm";
+    either in any case), built with ``kwargs`` (its defaults otherwise). A Process is returned as
+    is. Raises ValueError naming the valid names."""
+    if isinstance(name, Process) and not kwargs:
+        return name
+    names = process_names()
+    by_lower = {n.lower(): cls for n, cls in names.items()}
+    cls = by_lower.get(name.lower()) if isinstance(name, str) else None
+    if cls is None:
+        raise ValueError(f"unknown process {name!r}; valid names are {_names(names)}")
+    try:
+        return cls(**kwargs)
+    except TypeError as e:
+        raise TypeError(f"{cls.__name__}: {e}") from None
+
+
+def process_examples(classes=None) -> dict:
+    """``{label: instance}`` over every registered class's :meth:`Process.examples` (or those of
+    ``classes``): the representative processes the test suite and ``unigen verify`` run over.
+    Raises ValueError where two classes use one label or an example is not of its class."""
+    out = {}
+    for cls in REGISTRY.values() if classes is None else classes:
+        for label, p in cls.examples().items():
+            if type(p) is not cls:
+                raise ValueError(f"{cls.__name__}.examples() returned a {type(p).__name__} under {label!r}; "
+                                 f"define {cls.__name__}.examples() (it inherits its parent's)")
+            if label in out:
+                raise ValueError(f"the example label {label!r} is used by {type(out[label]).__name__} and "
+                                 f"{cls.__name__}")
+            out[label] = p
+    return out
