@@ -229,7 +229,18 @@ RECORD = _load()
 ENTRIES = sorted(RECORD["entries"]) if RECORD else []
 
 
-def compare(golden, solver, model, grid):
+# Differences explained (the solvers-as-data redesign, issue 12). The record was written by code
+# that converted a denoiser's output to x0 through (c sigma)/sigma, one ulp away from c; the
+# executor applies the exact (0, 1) conversion of parallel output rows. The Langevin corrector
+# at EDM's smallest levels (score = -eps/sigma with sigma ~ 2e-3) amplifies that ulp to ~2.4e-12
+# (test_explained_difference_is_one_ulp_amplified pins the amplification).
+EXPLAINED = {
+    ("PredictorCorrector(predictor=DDPM(variance='small'),corrector='langevin',snr=0.16,n_corrector_steps=1)",
+     "edm-denoiser/logsnr-12,t_end=0.0"): 1e-11,
+}
+
+
+def compare(golden, solver, model, grid, rtol=RTOL):
     """A list of differences (empty when the run reproduces the record)."""
     got = outcome(solver, model, grid)
     if "error" in golden:
@@ -247,7 +258,7 @@ def compare(golden, solver, model, grid):
     x = torch.tensor(got["x"], dtype=torch.float64)
     scale = float(ref.abs().max()) or 1.0
     try:
-        torch.testing.assert_close(x, ref, rtol=RTOL, atol=RTOL * scale)
+        torch.testing.assert_close(x, ref, rtol=rtol, atol=rtol * scale)
     except AssertionError as e:
         rel = float(((x - ref).abs() / (ref.abs() + scale)).max()) if x.shape == ref.shape else float("nan")
         out.append(f"samples differ (max |dx| / (|x| + scale) = {rel:.3g}): {str(e).splitlines()[0]}")
@@ -288,9 +299,10 @@ def _check(key, selected, warm):
         make, param, _ = MODELS[m]
         model = gm.model(make(), param)
         golden = entry["runs"][run]
-        failures += [f"{run}: {d}" for d in compare(golden, solver, model, g)]
+        rtol = EXPLAINED.get((key, run), RTOL)
+        failures += [f"{run}: {d}" for d in compare(golden, solver, model, g, rtol)]
         if warm and "error" not in golden:  # a warm call (same model and solver objects, cached grid/plan) agrees too
-            failures += [f"{run} (warm call): {d}" for d in compare(golden, solver, model, g)]
+            failures += [f"{run} (warm call): {d}" for d in compare(golden, solver, model, g, rtol)]
     assert not failures, f"{key} departs from the golden record:\n" + "\n".join(failures)
 
 
@@ -322,3 +334,21 @@ if __name__ == "__main__":
           f"{GOLDEN.stat().st_size} bytes -> {GOLDEN}")
     for k, r, t, msg in refused:
         print(f"  refused {k} {r}: {t}: {msg[:160]}")
+
+
+@pytest.mark.parametrize("key, run", sorted(EXPLAINED))
+def test_explained_difference_is_one_ulp_amplified(key, run):
+    """Each explained entry is ill-conditioned: scaling the network's output by (1 + 2^-52), one
+    ulp, moves the sample by more than RTOL (so RTOL cannot hold for two correct roundings), and
+    the recorded sample still agrees to the explained tolerance."""
+    entry = RECORD["entries"][key]
+    m, g = next((m, g) for r, m, g in runs() if r == run)
+    make, param, _ = MODELS[m]
+    gm = mixture()
+    model = gm.model(make(), param)
+    nudged = ug.Model(lambda z, t: model.fn(z, t) * (1 + 2.0**-52), model.process, param, t_range=model.t_range)
+    x = torch.tensor(outcome(build(entry["build"]), model, g)["x"])
+    y = torch.tensor(outcome(build(entry["build"]), nudged, g)["x"])
+    scale = float(x.abs().max())
+    assert float((x - y).abs().max()) / scale > RTOL
+    assert not compare(entry["runs"][run], build(entry["build"]), model, g, EXPLAINED[(key, run)])

@@ -16,7 +16,7 @@ from hypothesis import strategies as st
 
 import unigen as ug
 from helpers import NAMES, PROCESSES, mixture
-from unigen.solvers.base import Dynamics, Grid
+from unigen.solvers import Dynamics, Grid
 
 GM = mixture(dim=2, k=3, seed=0)
 TOL = dict(rtol=1e-12, atol=1e-12)

@@ -36,6 +36,7 @@ from ._utils import compute_dtype
 from .model import Model
 from .sample import check_model_kwargs, integrate, model_grid, prepared_grid
 from .solvers.base import Dynamics, Noise, get_solver
+from .solvers.executor import ExecutionState
 
 __all__ = ["MODES", "CompiledSampler", "compiled_sampler"]
 
@@ -159,12 +160,14 @@ def compiled_sampler(
     grid = prepared_grid(model, solver, ts, dtype, device)
     noise_fn = Noise(None)
     # build the solver's plan now, eagerly: traced, its coefficient tensors would become graph values
-    solver.init(Dynamics(model, dtype, model_kwargs), torch.zeros(shape, dtype=work, device=device), grid)
+    warm = solver.init(Dynamics(model, dtype, model_kwargs), torch.zeros(shape, dtype=work, device=device), grid)
+    plan = warm.plan if isinstance(warm, ExecutionState) else None
 
     def loop(z: Tensor) -> Tensor:
         with torch.no_grad():
             dyn = Dynamics(model, dtype, model_kwargs)  # fresh per call: its nfe counter is not an input of the graph
-            return integrate(solver, dyn, z.to(work), grid, noise_fn).to(dtype)
+            state = ExecutionState(plan) if plan is not None else None  # a fresh history per call
+            return integrate(solver, dyn, z.to(work), grid, noise_fn, state=state).to(dtype)
 
     nfe = solver.expected_nfe(grid.n, grid.ends_at_zero)
     if mode == "compile":

@@ -19,7 +19,7 @@ import torch
 from torch import Tensor, nn
 
 from ._utils import as_time, check_time_shape, compute_dtype, expand_like
-from .parametrization import Prediction, PathCoefficients, _reproject, check_parametrization
+from .parametrization import TABLE, PathCoefficients, Prediction, _reproject, check_parametrization
 from .process import Process, time_change
 
 __all__ = ["Model", "guided"]
@@ -96,6 +96,11 @@ class Model:
             raise TypeError(f"dtype must be a floating torch.dtype, got {dtype!r}")
         self.dtype = dtype if dtype is not None else _module_dtype(fn)
 
+    @property
+    def _inputs(self) -> str:
+        """The input convention of this model's parametrization ("z" or "ve")."""
+        return TABLE[self.parametrization].inputs
+
     # -- evaluation -------------------------------------------------------------------
     def __call__(self, z: Tensor, t, **model_kwargs) -> Prediction:
         t = self.validate(z, t)
@@ -133,19 +138,19 @@ class Model:
         """Evaluate without validation (used inside solver steps)."""
         return Prediction(self.raw(z, t, None, model_kwargs), z, t, self.process, self.parametrization)
 
-    def raw(self, z: Tensor, t: Tensor, coefs=None, model_kwargs: dict | None = None) -> Tensor:
+    def raw(self, z: Tensor, t: Tensor, node=None, model_kwargs: dict | None = None) -> Tensor:
         """The network output in this model's own parametrization.
 
-        ``coefs`` (a solver grid's precomputed coefficients at t) lets the denoiser input
-        y = z/alpha and level s = sigma/alpha come from tables instead of schedule arithmetic.
+        The network is fed under its parametrization's input convention
+        (``unigen.parametrization.input_convention``): (z, t), or for "ve" (EDM's denoiser)
+        y = z/alpha and the level s = sigma/alpha. ``node`` (a solver grid's
+        :class:`~unigen.solvers.grid.Node` at t) supplies those from precomputed tables.
         ``model_kwargs`` (conditioning: labels, embeddings, ...) go to every network call.
         """
         kw = _EMPTY if model_kwargs is None else model_kwargs
-        if self.parametrization == "denoiser":
-            ve = None if coefs is None else coefs.__dict__.get("ve")
-            if ve is not None:
-                inv_alpha, level, alpha_is_one = ve
-                return self._call(z if alpha_is_one else z * inv_alpha, level, kw, z)
+        if self._inputs == "ve":
+            if node is not None and node.inv_alpha is not None:
+                return self._call(z if node.alpha == 1.0 else z * node.inv_alpha, node.level, kw, z)
             alpha = self.process.alpha(t)
             return self._call(z / expand_like(alpha, z), self.process.sigma(t) / alpha, kw, z)
         return self._call(z, t, kw, z)
@@ -324,7 +329,7 @@ class _Transformed(Model):
             self.inner.process.check_t(t_in, name=f"t mapped by equal log-SNR into {type(self.inner.process).__name__}")
         return t
 
-    def raw(self, z, t, coefs=None, model_kwargs=None):
+    def raw(self, z, t, node=None, model_kwargs=None):
         inner = self.inner
         if self.process is inner.process:
             t_in, z_in = t, z
@@ -352,7 +357,7 @@ class _Guided(Model):
         yield from self.cond.views_at(t)
         yield from self.uncond.views_at(t)
 
-    def raw(self, z, t, coefs=None, model_kwargs=None):
+    def raw(self, z, t, node=None, model_kwargs=None):
         kw = _EMPTY if model_kwargs is None else model_kwargs
         if kw and (self.cond_kwargs or self.uncond_kwargs):
             unused = sorted(set(kw) & set(self.cond_kwargs or ()) & set(self.uncond_kwargs or ()))
@@ -361,8 +366,8 @@ class _Guided(Model):
                     f"model_kwargs {unused} are also set by guided()'s cond_kwargs and uncond_kwargs, so the "
                     "values given here would reach neither branch; pass them in one place"
                 )
-        u = self.uncond.raw(z, t, coefs, {**kw, **self.uncond_kwargs} if self.uncond_kwargs else kw)
-        c = self.cond.raw(z, t, coefs, {**kw, **self.cond_kwargs} if self.cond_kwargs else kw)
+        u = self.uncond.raw(z, t, node, {**kw, **self.uncond_kwargs} if self.uncond_kwargs else kw)
+        c = self.cond.raw(z, t, node, {**kw, **self.cond_kwargs} if self.cond_kwargs else kw)
         return u + self.scale * (c - u)
 
 

@@ -29,20 +29,91 @@ For flow matching v = (1-t) eps - t x, which is not the velocity u = eps - x.
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+from typing import Callable
 
 import torch
 from torch import Tensor
 
 from ._utils import SingularConversionError, as_time, check_time_shape, expand_like
 
-__all__ = ["PARAMETRIZATIONS", "convert", "coefficients", "Prediction", "PathCoefficients", "check_parametrization"]
+__all__ = [
+    "PARAMETRIZATIONS", "TABLE", "Parametrization", "register_parametrization", "output_coefficients",
+    "input_convention", "convert", "coefficients", "Prediction", "PathCoefficients", "check_parametrization",
+]
 
-PARAMETRIZATIONS = ("eps", "x0", "v", "score", "velocity", "denoiser")
+# ---------------------------------------------------------------------------------------
+# The parametrization table: adding an output type is one register_parametrization call
+# ---------------------------------------------------------------------------------------
+@dataclass(frozen=True)
+class Parametrization:
+    """One network output type: ``out = a x0 + b eps`` and the inputs the network is fed.
+
+    ``coefficients(c)`` returns (a, b) from a coefficient view ``c`` with attributes
+    ``alpha, sigma, d_alpha, d_sigma`` (floats or tensors; derivatives are read only by
+    outputs that need them). ``inputs`` is the input convention: ``"z"`` (the network sees
+    (z_t, t)) or ``"ve"`` (EDM's D(y; s): y = z/alpha and the VE level s = sigma/alpha).
+    """
+
+    name: str
+    coefficients: Callable
+    inputs: str = "z"
+    description: str = ""
+
+
+TABLE: dict[str, Parametrization] = {}
+PARAMETRIZATIONS: list[str] = []  # the registered names, in registration order (kept in sync by register)
+INPUT_CONVENTIONS = ("z", "ve")
+
+
+def register_parametrization(name: str, coefficients: Callable, inputs: str = "z", description: str = "") -> Parametrization:
+    """Add an output type ``name`` = a x0 + b eps with (a, b) = ``coefficients(c)``.
+
+    It then works everywhere a parametrization name is accepted: :func:`convert`,
+    :class:`~unigen.model.Model`, ``Model.to``, every solver, ``sample``, the losses and
+    ``train.fit`` (docs/contributing.md walks through adding ``v_n``).
+    """
+    if not isinstance(name, str) or not name.isidentifier():
+        raise ValueError(f"a parametrization name must be an identifier, got {name!r}")
+    if name in TABLE:
+        raise ValueError(f"parametrization {name!r} is already registered")
+    if not callable(coefficients):
+        raise TypeError("coefficients must be a callable c -> (a, b)")
+    if inputs not in INPUT_CONVENTIONS:
+        raise ValueError(f"unknown input convention {inputs!r}; valid conventions are {', '.join(INPUT_CONVENTIONS)}")
+    entry = TABLE[name] = Parametrization(name, coefficients, inputs, description)
+    PARAMETRIZATIONS.append(name)
+    return entry
+
+
+register_parametrization("eps", lambda c: (0.0, 1.0), description="posterior mean of the noise (Ho et al. 2020)")
+register_parametrization("x0", lambda c: (1.0, 0.0), description="posterior mean of the data")
+register_parametrization("v", lambda c: (-c.sigma, c.alpha), description="Salimans & Ho's alpha eps - sigma x")
+register_parametrization("score", lambda c: (0.0, -1.0 / c.sigma), description="grad log p_t = -eps/sigma (Tweedie)")
+register_parametrization("velocity", lambda c: (c.d_alpha, c.d_sigma), description="flow-matching velocity dz/dt")
+register_parametrization("denoiser", lambda c: (1.0, 0.0), inputs="ve", description="EDM's D(z/alpha; sigma/alpha) = x0")
+
+
+class _Values:
+    __slots__ = ("alpha", "sigma", "d_alpha", "d_sigma")
+
+    def __init__(self, alpha, sigma, d_alpha, d_sigma):
+        self.alpha, self.sigma, self.d_alpha, self.d_sigma = alpha, sigma, d_alpha, d_sigma
+
+
+def output_coefficients(name: str, alpha, sigma, d_alpha=None, d_sigma=None):
+    """(a, b) with output ``name`` = a x0 + b eps for the given schedule values."""
+    return TABLE[check_parametrization(name)].coefficients(_Values(alpha, sigma, d_alpha, d_sigma))
+
+
+def input_convention(name: str) -> str:
+    """``"z"`` or ``"ve"``: what a network of output type ``name`` is fed (see :class:`Parametrization`)."""
+    return TABLE[check_parametrization(name)].inputs
+
 
 # Names whose coefficient rows are parallel for every process: converting between
 # them is a rescaling that never needs the (x0, eps) hub, so it is never singular.
 _FAMILY = {"x0": "x0", "denoiser": "x0", "eps": "eps", "score": "eps"}
-
 
 
 class _lazy:
@@ -101,18 +172,8 @@ class PathCoefficients:
         return expand_like(self.process.d_sigma(self.t), self.z)
 
     def ab(self, name: str):
-        """(a, b) with out = a x0 + b eps. Zeros and ones stay Python numbers."""
-        if name in ("x0", "denoiser"):
-            return 1.0, 0.0
-        if name == "eps":
-            return 0.0, 1.0
-        if name == "v":
-            return -self.sigma, self.alpha
-        if name == "velocity":
-            return self.d_alpha, self.d_sigma
-        if name == "score":
-            return 0.0, -1.0 / self.sigma
-        raise ValueError(f"unknown parametrization {name!r}; valid names are {', '.join(PARAMETRIZATIONS)}")
+        """(a, b) with out = a x0 + b eps (the parametrization table). Zeros and ones stay Python numbers."""
+        return TABLE[check_parametrization(name)].coefficients(self)
 
 
 def coefficients(name: str, process, t) -> tuple[Tensor, Tensor]:
@@ -158,25 +219,6 @@ def _lin(cz, z: Tensor, co, out: Tensor) -> Tensor:
     if co_float:
         return torch.add(cz * z, out, alpha=co)
     return cz * z + co * out
-
-
-def lin_coefs(c: "PathCoefficients", src: str, cx, ce):
-    """(cz, co) with  cx x0 + ce eps = cz z + co out  for a ``src``-type output at coefficients c."""
-    src = "x0" if src == "denoiser" else src
-    a, b = c.ab(src)
-    det = _solve_det(c.alpha, c.sigma, a, b, src, "x0/eps")
-    return (cx * b - ce * a) / det, (ce * c.alpha - cx * c.sigma) / det
-
-
-def apply_lin(k, z: Tensor, out: Tensor) -> Tensor:
-    """cz z + co out from a precomputed (cz, co, cz_tensor, co_tensor): branches on the floats,
-    multiplies by 0-dim tensors (a Python scalar costs an extra ~1.5 us per op on CPU)."""
-    cz, co, tz, to = k
-    if cz == 0.0:
-        return out if co == 1.0 else out * to
-    if co == 0.0:
-        return z * tz
-    return torch.addcmul(z * tz, to, out)
 
 
 def _solve_det(alpha, sigma, a, b, src, dst):
@@ -233,6 +275,9 @@ def convert(out: Tensor, z: Tensor, t, process, src: str = "eps", dst: str = "x0
     return _reproject(out, z, c, src, c, dst, check)
 
 
+_NAMED = ("x0", "eps", "v", "score", "velocity", "denoiser")  # Prediction's attributes
+
+
 class Prediction:
     """One network evaluation at (z, t), readable in every parametrization.
 
@@ -240,20 +285,23 @@ class Prediction:
     cached, so a solver that needs (x0, eps) pays for the conversion once per model call.
     """
 
-    def __init__(self, out: Tensor, z: Tensor, t: Tensor, process, parametrization: str, coefs: PathCoefficients | None = None):
+    def __init__(self, out: Tensor, z: Tensor, t: Tensor, process, parametrization: str, coefs=None):
         self.out, self.z, self.t, self.process = out, z, t, process
         self.parametrization = parametrization
         self._c = PathCoefficients(process, t, z) if coefs is None else coefs
 
     def as_(self, name: str) -> Tensor:
-        """The prediction as output type ``name`` (no singularity check: see :func:`convert`)."""
+        """The prediction as output type ``name``, any registered one (no singularity check:
+        see :func:`convert`)."""
         check_parametrization(name, "name")
-        return getattr(self, name)
+        if name in _NAMED:
+            return getattr(self, name)
+        cache = self.__dict__.setdefault("_as", {})
+        if name not in cache:
+            cache[name] = self._get(name)
+        return cache[name]
 
     def _get(self, name):
-        fast = self._c.__dict__.get("lin", {}).get((self.parametrization, name))
-        if fast is not None:  # precomputed on the grid: 0-dim tensor coefficients
-            return apply_lin(fast, self.z, self.out)
         return _reproject(self.out, self.z, self._c, self.parametrization, self._c, name, check=False)
 
     @_lazy

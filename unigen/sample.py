@@ -17,7 +17,8 @@ from ._utils import SingularConversionError, compute_dtype, refuse_non_finite
 from .model import Model
 from .parametrization import _check_det, PathCoefficients
 from .schedules import default_schedule, make_grid
-from .solvers.base import Dynamics, Grid, Noise, get_solver
+from .solvers.base import Dynamics, Noise, get_solver
+from .solvers.grid import Grid
 
 __all__ = ["sample", "SampleInfo", "DEFAULT_STEPS"]
 
@@ -165,7 +166,7 @@ def sample(
     return z.to(data_dtype), info
 
 
-def integrate(solver, dyn: Dynamics, z: Tensor, grid: Grid, noise_fn: Noise, on_step=None, sums=None) -> Tensor:
+def integrate(solver, dyn: Dynamics, z: Tensor, grid: Grid, noise_fn: Noise, on_step=None, sums=None, state=None) -> Tensor:
     """The loop itself: ``solver.init``, then one step per grid interval, the last one onto
     sigma = 0 by ``solver.final_step``; ``on_step(i, z)`` after every step. If ``sums`` is a
     list, the 0-dim sum of z is appended after every step (one small reduction, no host sync):
@@ -173,9 +174,11 @@ def integrate(solver, dyn: Dynamics, z: Tensor, grid: Grid, noise_fn: Noise, on_
 
     Everything it touches is prepared (grid, plan, dtype), so for the fixed-step solvers it
     is free of host syncs: ``unigen.compile`` traces it (torch.compile) or captures it (CUDA
-    graph) as is.
+    graph) as is, passing a ``state`` built eagerly (``solver.init``) so that no plan is
+    built inside the trace.
     """
-    state = solver.init(dyn, z, grid)
+    if state is None:
+        state = solver.init(dyn, z, grid)
     for i in range(grid.n):
         if grid.ends_at_zero and i == grid.n - 1:
             z, state = solver.final_step(dyn, z, i, grid, state, noise_fn)

@@ -3,11 +3,17 @@
 import importlib
 import pkgutil
 
-from .base import REGISTRY, Dynamics, Grid, Noise, Solver, get_solver
+from .base import REGISTRY, Dynamics, Noise, ProgramSolver, Solver, get_solver, multistep_order
+from .grid import Grid, Node
+from .program import XI, H, Lin, Program, Q, Stage, Step, Z
 
+INFRASTRUCTURE_MODULES = ("base", "grid", "program", "executor")  # the rest define solvers
 for _mod in pkgutil.iter_modules(__path__):
-    if not _mod.name.startswith("_") and _mod.name != "base":
+    if not _mod.name.startswith("_") and _mod.name not in INFRASTRUCTURE_MODULES:
         importlib.import_module(f"{__name__}.{_mod.name}")
 
 globals().update(REGISTRY)
-__all__ = ["REGISTRY", "Dynamics", "Grid", "Noise", "Solver", "get_solver", *sorted(REGISTRY)]
+__all__ = [
+    "REGISTRY", "INFRASTRUCTURE_MODULES", "Dynamics", "Grid", "Node", "Noise", "Solver", "ProgramSolver", "get_solver", "multistep_order",
+    "Program", "Step", "Stage", "Lin", "Z", "Q", "H", "XI", *sorted(REGISTRY),
+]

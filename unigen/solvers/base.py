@@ -9,23 +9,42 @@ exactly what their algorithm needs and declare it in ``requires``:
 * ``"score"``   grad log p_t;
 * ``"energy"``  an energy E(z, t) with score = -grad E (energy-based models only).
 
-A :class:`Grid` holds the times and every schedule coefficient as Python floats, computed
-once before the loop, so a step does only tensor arithmetic on z: no ``.item()``, no
-Python branching on tensor values (CUDA graphs and torch.compile stay possible).
-Subclasses of :class:`Solver` register themselves by class name.
+A :class:`~unigen.solvers.grid.Grid` holds the times and every schedule coefficient,
+computed once before the loop. Fixed-grid solvers are :class:`ProgramSolver` s: they
+describe each step as data (a :class:`~unigen.solvers.program.Program`, computed from the
+paper's formulas on the grid's floats) and ONE executor (:mod:`unigen.solvers.executor`)
+runs it: tensor arithmetic only, no ``.item()``, no Python branching on tensor values
+(CUDA graphs and torch.compile stay possible). The warm-up / lower-order-final policy of
+the multistep methods is :func:`multistep_order`, written once.
+
+Subclasses of :class:`Solver` register themselves by class name; ``variants()`` lists the
+configurations the tests and the benchmark run for each.
 """
 
 from __future__ import annotations
 
 
+import math
+
 import torch
 from torch import Tensor
 
-from .._utils import IncompatibleSolverError, SingularConversionError
+from .._utils import IncompatibleSolverError
 from ..noise import randn_like
-from ..parametrization import Prediction, PathCoefficients, lin_coefs
+from ..parametrization import Prediction
+from ..process import VP
+from .executor import ExecutionState, compile_program, run_step
+from .grid import Grid, Node
+from .program import Q, Z, Program, Stage, Step
 
-__all__ = ["Dynamics", "Grid", "Solver", "Noise", "REGISTRY", "get_solver"]
+__all__ = [
+    "Dynamics", "Solver", "ProgramSolver", "Noise", "REGISTRY", "get_solver", "multistep_order",
+    "LOWER_ORDER_FINAL_BELOW",
+]
+
+# multistep methods drop to lower order on their last steps when a run has fewer steps than
+# this (DPM-Solver's reference implementation; keeps few-step sampling stable)
+LOWER_ORDER_FINAL_BELOW = 15
 
 REGISTRY: dict[str, type] = {}
 
@@ -45,128 +64,28 @@ class Dynamics:
             caps.add("energy")
         self.capabilities = frozenset(caps)
 
-    def predict(self, z: Tensor, t: Tensor, coefs=None):
+    def predict(self, z: Tensor, t: Tensor, node: Node | None = None):
         """One model call at (z, t); the network sees z in the data dtype.
 
-        ``coefs`` (from :meth:`Grid.coefs` or :meth:`Grid.fixed`) supplies precomputed
-        alpha, sigma, alpha', sigma' so that conversions skip the schedule arithmetic.
+        ``node`` (a :class:`~unigen.solvers.grid.Node` at t) supplies precomputed alpha,
+        sigma, alpha', sigma' so that conversions skip the schedule arithmetic.
         """
-        return Prediction(self.raw(z, t, coefs), z, t, self.process, self.model.parametrization, coefs)
+        return Prediction(self.raw(z, t, node), z, t, self.process, self.model.parametrization, node)
 
-    def raw(self, z: Tensor, t: Tensor, coefs=None) -> Tensor:
-        """One model call returning the network's own output (for steps folded into (z, out))."""
+    def raw(self, z: Tensor, t: Tensor, node: Node | None = None) -> Tensor:
+        """One model call returning the network's own output (what the executor combines)."""
         self.nfe += 1
         if z.dtype != self.data_dtype:
-            return self.model.raw(z.to(self.data_dtype), t, coefs, self.model_kwargs).to(z.dtype)
-        return self.model.raw(z, t, coefs, self.model_kwargs)
+            return self.model.raw(z.to(self.data_dtype), t, node, self.model_kwargs).to(z.dtype)
+        return self.model.raw(z, t, node, self.model_kwargs)
 
-    def velocity(self, z: Tensor, t: Tensor, coefs=None) -> Tensor:
+    def velocity(self, z: Tensor, t: Tensor, node: Node | None = None) -> Tensor:
         """The probability-flow ODE drift dz/dt in the process's own time."""
-        return self.predict(z, t, coefs).velocity
+        return self.predict(z, t, node).velocity
 
     def energy(self, z: Tensor, t: Tensor) -> Tensor:
         self.nfe += 1
         return self.model.energy(z, t)
-
-
-class Grid:
-    """Times ``t[0] > ... > t[n]`` and their schedule coefficients, precomputed once.
-
-    ``alpha, sigma, d_alpha, d_sigma, lam`` are lists of Python floats (float64);
-    ``lam`` is the full log-SNR log(alpha^2/sigma^2). ``lam_dpm = lam / 2`` is
-    DPM-Solver's / UniPC's lambda = log(alpha/sigma): the ONE place the two meet.
-    ``t`` holds 0-dim tensors in the compute dtype, for model calls.
-    """
-
-    def __init__(self, process, ts: Tensor, dtype: torch.dtype, device, parametrization: str | None = None):
-        ts64 = ts.detach().to(torch.float64).cpu()
-        self.process = process
-        self.n = ts64.numel() - 1
-        self.ts = ts64.to(dtype=dtype, device=device)
-        self.t = list(self.ts.unbind(0))
-        self.times = ts64.tolist()
-        self.alpha = process.alpha(ts64).tolist()
-        self.sigma = process.sigma(ts64).tolist()
-        with torch.no_grad():
-            self.lam = process.log_snr(ts64).tolist()
-        self.lam_dpm = [0.5 * v for v in self.lam]
-        self.ends_at_zero = self.sigma[-1] == 0.0
-        d_alpha, d_sigma = self.d_coefs(self.times)
-        self._coefs = [
-            PathCoefficients.fixed(process, self.t[i], self.alpha[i], self.sigma[i], d_alpha[i], d_sigma[i]) for i in range(self.n + 1)
-        ]
-        self.parametrization = parametrization
-        self.checked: set = set()  # parametrizations whose start has been validated (sample())
-        if parametrization is not None:
-            self._precompute_conversions(parametrization)
-
-    def memo(self, key, build):
-        """A solver's immutable precomputation for this grid, built once (grids are reused)."""
-        plans = self.__dict__.setdefault("_plans", {})
-        if key not in plans:
-            plans[key] = build()
-        return plans[key]
-
-    def tensors(self, values: list[float]) -> list[Tensor]:
-        """0-dim tensors (compute dtype, device) for per-step coefficients, made in one pass."""
-        if not values:
-            return []
-        return list(torch.tensor(values, dtype=torch.float64).to(dtype=self.ts.dtype, device=self.ts.device).unbind(0))
-
-    def lins(self, pairs: list[tuple[float, float]]) -> list[tuple]:
-        """(cz, co) float pairs -> (cz, co, cz_t, co_t) for ``apply_lin``, tensorised in one pass."""
-        ts = self.tensors([v for pair in pairs for v in pair])
-        return [(cz, co, ts[2 * j], ts[2 * j + 1]) for j, (cz, co) in enumerate(pairs)]
-
-    def _precompute_conversions(self, param: str) -> None:
-        """x0 and eps from the model's output at every grid point, as 0-dim tensor coefficients."""
-        keys, vals = [], []
-        for i, c in enumerate(self._coefs):
-            for dst, (cx, ce) in (("x0", (1.0, 0.0)), ("eps", (0.0, 1.0))):
-                try:
-                    cz, co = lin_coefs(c, param, cx, ce)
-                except (SingularConversionError, ZeroDivisionError):
-                    continue  # e.g. eps at alpha = 0, score at sigma = 0: left to the slow path
-                keys.append((i, dst, cz, co))
-                vals += [cz, co]
-        ts = self.tensors(vals)
-        for j, (i, dst, cz, co) in enumerate(keys):
-            self._coefs[i].__dict__.setdefault("lin", {})[(param, dst)] = (cz, co, ts[2 * j], ts[2 * j + 1])
-        if param == "denoiser":
-            self._attach_ve(self._coefs)
-
-    def _attach_ve(self, coefs: list[PathCoefficients]) -> None:
-        """(1/alpha, sigma/alpha, alpha == 1) as 0-dim tensors: the denoiser's VE inputs (Model.raw)."""
-        ok = [c for c in coefs if c.alpha > 0]
-        ts = self.tensors([v for c in ok for v in (1.0 / c.alpha, c.sigma / c.alpha)])
-        for j, c in enumerate(ok):
-            c.__dict__["ve"] = (ts[2 * j], ts[2 * j + 1], c.alpha == 1.0)
-
-    def coefs(self, i: int) -> PathCoefficients:
-        """Precomputed coefficients at grid point i (for ``Dynamics.predict``)."""
-        return self._coefs[i]
-
-    def fixed(self, times) -> list[PathCoefficients]:
-        """Coefficients at off-grid times (stages, intermediate points), in one vectorised pass."""
-        t64 = torch.as_tensor(times, dtype=torch.float64).detach().cpu().reshape(-1)
-        if t64.numel() == 0:
-            return []
-        p = self.process
-        vals = [f(t64).tolist() for f in (p.alpha, p.sigma, p.d_alpha, p.d_sigma)]
-        tt = t64.to(dtype=self.ts.dtype, device=self.ts.device).unbind(0)
-        out = [PathCoefficients.fixed(p, tt[j], *(v[j] for v in vals)) for j in range(len(tt))]
-        if self.parametrization == "denoiser":
-            self._attach_ve(out)
-        return out
-
-    def h(self, i: int, j: int | None = None) -> float:
-        """Step in DPM-Solver's lambda from t_i to t_j (default j = i + 1); positive towards data."""
-        j = i + 1 if j is None else j
-        return self.lam_dpm[j] - self.lam_dpm[i]
-
-    def d_coefs(self, times: list[float]) -> tuple[list[float], list[float]]:
-        tt = torch.tensor(times, dtype=torch.float64)
-        return self.process.d_alpha(tt).tolist(), self.process.d_sigma(tt).tolist()
 
 
 class Noise:
@@ -219,7 +138,7 @@ class Solver:
         This is DDIM / DPM-Solver-1 / Euler-in-sigma at sigma_next = 0; for a stochastic
         sampler the posterior q(z_0 | z_t, x0_hat) is a point mass at x0_hat too.
         """
-        return dyn.predict(z, grid.t[i], grid.coefs(i)).x0, state
+        return dyn.predict(z, grid.t[i], grid.node(i)).x0, state
 
     def expected_nfe(self, n_steps: int, ends_at_zero: bool) -> int:
         """Model calls for a run of ``n_steps`` (the last step onto sigma = 0 costs one call)."""
@@ -233,6 +152,22 @@ class Solver:
                 f"{type(self).__name__} requires {', '.join(sorted(missing))}; this model "
                 f"({type(dyn.model).__name__}) provides {', '.join(sorted(dyn.capabilities))}"
             )
+
+    @classmethod
+    def variants(cls) -> list["Solver"]:
+        """The configurations of this class that the test suite and ``unigen bench`` run
+        (every registered solver, each variant): the default instance unless overridden."""
+        return [cls()]
+
+    def cache_key(self):
+        """This configuration as a hashable value (class and every attribute), or None if an
+        attribute is unhashable: what per-grid caches are keyed by (never the repr)."""
+        key = (type(self), tuple(vars(self).items()))  # attributes in assignment order (one per constructor)
+        try:
+            hash(key)
+        except TypeError:
+            return None
+        return key
 
     def __repr__(self):
         fields = {k: v for k, v in vars(self).items() if not k.startswith("_")}
@@ -252,21 +187,90 @@ def get_solver(name_or_solver) -> Solver:
     )
 
 
-def cached_plan(build):
-    """Decorator: ``build(self, dyn, grid)`` returns an immutable plan (coefficient tensors,
-    stage times), memoised on the grid under the solver's configuration and the model's
-    parametrization. Sampling again with the same settings skips all schedule arithmetic."""
+class ProgramSolver(Solver, register=False):
+    """A fixed-grid solver given as data: :meth:`step_program` returns step i as a
+    :class:`~unigen.solvers.program.Step` from the paper's formulas; the executor runs it.
 
-    def plan(self, dyn, grid):
-        return grid.memo((type(self), repr(self), dyn.model.parametrization), lambda: build(self, dyn, grid))
+    The base class owns the run's shape: steps ``0 .. n-1``, where a grid ending at zero
+    noise (sigma = 0) ends with :meth:`landing`, and the per-grid caching of program and plan.
+    """
 
-    plan.__doc__ = build.__doc__
-    return plan
+    def prepare(self, grid: Grid):
+        """Whatever the steps share, computed once per grid in vectorised passes (e.g. the
+        nodes of every off-grid stage); passed to :meth:`step_program` and :meth:`landing`."""
+        return None
+
+    def step_program(self, grid: Grid, i: int, pre) -> Step:
+        """Step i (from t_i to t_{i+1}) of this solver on ``grid``."""
+        raise NotImplementedError
+
+    def landing(self, grid: Grid, pre) -> Step:
+        """The step onto zero noise (sigma = 0): z lands on x0_hat (first order, one call).
+
+        This is DDIM / DPM-Solver-1 / Euler-in-sigma at sigma_next = 0; for a stochastic
+        sampler the posterior q(z_0 | z_t, x0_hat) is a point mass at x0_hat too.
+        """
+        return Step((Stage(grid.node(grid.n - 1), Z),), Q(0, "x0"))
+
+    def check_grid(self, grid: Grid) -> None:
+        """Raise ValueError if this solver cannot run on ``grid`` (before any program is built)."""
+
+    def program(self, grid: Grid) -> Program:
+        """This solver on ``grid``, as a printable :class:`~unigen.solvers.program.Program`."""
+        self.check_grid(grid)
+        pre = self.prepare(grid)
+        last = grid.n - 1 if grid.ends_at_zero else grid.n
+        steps = [self.step_program(grid, i, pre) for i in range(last)]
+        if grid.ends_at_zero:
+            steps.append(self.landing(grid, pre))
+        return Program(tuple(steps), repr(self))
+
+    def plan(self, grid: Grid, parametrization: str):
+        """The compiled program for a model of ``parametrization`` (cached on the grid by value)."""
+        key = self.cache_key()
+        build = lambda: compile_program(self.program(grid), parametrization, grid.ts.dtype, grid.ts.device)  # noqa: E731
+        return build() if key is None else grid.cached(("plan", key, parametrization), build)
+
+    def init(self, dyn, z, grid):
+        return ExecutionState(self.plan(grid, dyn.model.parametrization))
+
+    def step(self, dyn, z, i, grid, state, noise):
+        return run_step(state, i, dyn, z, noise), state
+
+    final_step = step
+
+    def expected_nfe(self, n_steps: int, ends_at_zero: bool) -> int:
+        """Model calls of a run of ``n_steps``: the program's count on a reference VP grid."""
+        return _reference_nfe(self, n_steps, ends_at_zero)
 
 
-def affine(z: Tensor, a: Tensor, terms) -> Tensor:
-    """a z + sum_j w_j m_j with 0-dim tensor coefficients: one mul and one addcmul per term."""
-    out = z * a
-    for w, m in terms:
-        out = torch.addcmul(out, w, m)
-    return out
+_NFE: dict = {}
+
+
+def _reference_nfe(solver: ProgramSolver, n_steps: int, ends_at_zero: bool) -> int:
+    key = (solver.cache_key(), n_steps, ends_at_zero)
+    if key[0] is None or key not in _NFE:
+        end = 0.0 if ends_at_zero else 1e-3
+        ts = torch.linspace(1.0, end, n_steps + 1, dtype=torch.float64)
+        grid = Grid(VP.linear(), ts, torch.float64, "cpu")
+        nfe = solver.program(grid).nfe
+        if key[0] is None:
+            return nfe
+        _NFE[key] = nfe
+    return _NFE[key]
+
+
+def multistep_order(grid: Grid, i: int, order: int, lower_order_final: bool, history: bool = True) -> int:
+    """The order a multistep method (or a singlestep one, ``history=False``) uses at step i.
+
+    The ONE warm-up policy: step i has i + 1 evaluated points, less a zero-SNR start
+    (lambda = -inf never enters a divided difference); with ``lower_order_final`` and fewer
+    than ``LOWER_ORDER_FINAL_BELOW`` steps the order is at most n - i (the last step is
+    first order), as in DPM-Solver's reference implementation.
+    """
+    k = order
+    if history:
+        k = min(k, i + 1 - (1 if math.isinf(grid.lam_dpm[0]) and i > 0 else 0))
+    if lower_order_final and grid.n < LOWER_ORDER_FINAL_BELOW:
+        k = min(k, grid.n - i)
+    return max(k, 1)

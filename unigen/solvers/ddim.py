@@ -19,18 +19,11 @@ from __future__ import annotations
 
 import math
 
-import torch
-
 from .._utils import check_choice
-from ..parametrization import apply_lin, lin_coefs
-from .base import Solver, cached_plan
+from .base import ProgramSolver
+from .program import XI, Q, Stage, Step, Z
 
 __all__ = ["DDIM", "DDPM"]
-
-
-def _steps(grid) -> int:
-    """Steps that need a plan: a final step onto zero noise is ``Solver.final_step``'s."""
-    return grid.n - 1 if grid.ends_at_zero else grid.n
 
 
 def _posterior(grid, i):
@@ -40,7 +33,7 @@ def _posterior(grid, i):
     return a_ts, max(s_t * s_t - a_ts * a_ts * s_s * s_s, 0.0)
 
 
-class DDIM(Solver):
+class DDIM(ProgramSolver):
     """Denoising diffusion implicit model step; ``eta`` interpolates ODE (0) and ancestral (1)."""
 
     order = 1
@@ -52,31 +45,21 @@ class DDIM(Solver):
         self.eta = float(eta)
         self.stochastic = self.eta > 0
 
-    def init(self, dyn, z, grid):
-        return self._plan(dyn, grid)
+    @classmethod
+    def variants(cls):
+        return [cls(), cls(eta=1.0)]
 
-    @cached_plan
-    def _plan(self, dyn, grid):
-        """Each step folded into z_s = cz z + co out (+ c xi), with 0-dim tensor coefficients."""
-        pairs, noise_std = [], []
-        for i in range(_steps(grid)):
-            a_ts, var_ts = _posterior(grid, i)
-            s_t, s_s = grid.sigma[i], grid.sigma[i + 1]
-            c2 = self.eta**2 * var_ts * s_s * s_s / (s_t * s_t)
-            c2 = min(c2, s_s * s_s)  # eta > 1: clip as k-diffusion does (sigma_up <= sigma_next)
-            pairs.append(lin_coefs(grid.coefs(i), dyn.model.parametrization, grid.alpha[i + 1], math.sqrt(s_s * s_s - c2)))
-            noise_std.append(math.sqrt(c2))
-        return list(zip(grid.lins(pairs), noise_std, grid.tensors(noise_std)))
-
-    def step(self, dyn, z, i, grid, coefs, noise):
-        k, c, c_t = coefs[i]
-        z = apply_lin(k, z, dyn.raw(z, grid.t[i], grid.coefs(i)))
-        if c > 0.0:
-            z = torch.addcmul(z, c_t, noise(z))
-        return z, coefs
+    def step_program(self, grid, i, pre):
+        _, var_ts = _posterior(grid, i)
+        s_t, a_s, s_s = grid.sigma[i], grid.alpha[i + 1], grid.sigma[i + 1]
+        c2 = self.eta**2 * var_ts * s_s * s_s / (s_t * s_t)
+        c2 = min(c2, s_s * s_s)  # eta > 1: clip as k-diffusion does (sigma_up <= sigma_next)
+        x0, eps = Q(0, "x0"), Q(0, "eps")
+        update = a_s * x0 + math.sqrt(s_s * s_s - c2) * eps + math.sqrt(c2) * XI(0)
+        return Step((Stage(grid.node(i), Z),), update)
 
 
-class DDPM(Solver):
+class DDPM(ProgramSolver):
     """Ancestral sampling from p(z_s | z_t) = q(z_s | z_t, x0_hat) (Ho et al. 2020, eq. 11)."""
 
     order = 1
@@ -87,23 +70,9 @@ class DDPM(Solver):
         check_choice("variance", variance, ("small", "large"))  # beta-tilde or beta
         self.variance = variance
 
-    def init(self, dyn, z, grid):
-        return self._plan(dyn, grid)
-
-    @cached_plan
-    def _plan(self, dyn, grid):
-        """Each step folded into z_s = cz z + co out + std xi (posterior mean in terms of (z, out))."""
-        pairs, stds = [], []
-        for i in range(_steps(grid)):
-            a_ts, var_ts = _posterior(grid, i)
-            s_t2, s_s2 = grid.sigma[i] ** 2, grid.sigma[i + 1] ** 2
-            var = var_ts * s_s2 / s_t2 if self.variance == "small" else var_ts
-            x_z, x_o = lin_coefs(grid.coefs(i), dyn.model.parametrization, grid.alpha[i + 1] * var_ts / s_t2, 0.0)
-            pairs.append((a_ts * s_s2 / s_t2 + x_z, x_o))
-            stds.append(math.sqrt(var))
-        return list(zip(grid.lins(pairs), grid.tensors(stds)))
-
-    def step(self, dyn, z, i, grid, coefs, noise):
-        k, std = coefs[i]
-        z = apply_lin(k, z, dyn.raw(z, grid.t[i], grid.coefs(i)))
-        return torch.addcmul(z, std, noise(z)), coefs
+    def step_program(self, grid, i, pre):
+        a_ts, var_ts = _posterior(grid, i)
+        s_t2, s_s2 = grid.sigma[i] ** 2, grid.sigma[i + 1] ** 2
+        var = var_ts * s_s2 / s_t2 if self.variance == "small" else var_ts
+        mean = (a_ts * s_s2 / s_t2) * Z + (grid.alpha[i + 1] * var_ts / s_t2) * Q(0, "x0")
+        return Step((Stage(grid.node(i), Z),), mean + math.sqrt(var) * XI(0))

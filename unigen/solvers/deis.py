@@ -23,7 +23,8 @@ import math
 import numpy as np
 
 from .._utils import check_choice
-from .base import Solver, affine, cached_plan
+from .base import ProgramSolver, multistep_order
+from .program import H, Q, Stage, Step, Z
 
 __all__ = ["DEIS"]
 
@@ -45,7 +46,7 @@ def _lagrange_weights(nodes: list[float], l_s: float, l_t: float) -> list[float]
     return out
 
 
-class DEIS(Solver):
+class DEIS(ProgramSolver):
     """Diffusion exponential integrator sampler, log-rho Adams-Bashforth form, order 1-3."""
 
     requires = frozenset({"x0_eps"})
@@ -55,37 +56,25 @@ class DEIS(Solver):
         self.order = order
         self.lower_order_final = bool(lower_order_final)
 
-    def init(self, dyn, z, grid):
-        return {"plans": self._plan(dyn, grid), "hist": [], "from_noise": grid.alpha[0] == 0.0}
+    @classmethod
+    def variants(cls):
+        return [cls(k) for k in (1, 2, 3)]
 
-    @cached_plan
-    def _plan(self, dyn, grid):
-        # A grid starting at alpha = 0 (rho = inf) starts with one DDIM step in data form,
-        # z_1 = alpha_1 x0_hat + sigma_1 eps_hat; that infinite node never enters a polynomial.
-        from_noise = grid.alpha[0] == 0.0
+    def step_program(self, grid, i, pre):
+        """y_t = y_s + sum_j c_j eps_j with y = z/alpha, i.e. z_t = (alpha_t/alpha_s) z_s + alpha_t sum_j c_j eps_j."""
+        eps = [Q(0, "eps"), H(0), H(1)]
+        here = Stage(grid.node(i), Z)
+        if grid.alpha[i] == 0.0:
+            # out of pure noise (rho = inf): one DDIM step in data form; that node never enters a polynomial
+            return Step((here,), grid.alpha[i + 1] * Q(0, "x0") + grid.sigma[i + 1] * Q(0, "eps"), store=(eps[0],))
         logrho = [-v for v in grid.lam_dpm]
-        plans = [[grid.alpha[1], grid.sigma[1]]] if from_noise else []
-        for i in range(1 if from_noise else 0, grid.n):
-            k = min(self.order, i if from_noise else i + 1)
-            if self.lower_order_final and grid.n < 15:
-                k = min(k, grid.n - i)
-            nodes = [logrho[i - m] for m in range(k)]
-            if k == 1 or math.isinf(logrho[i + 1]):
-                c = [math.exp(logrho[i + 1]) - math.exp(logrho[i])]
-            else:
-                c = _lagrange_weights(nodes, logrho[i], logrho[i + 1])
-            # z_t = alpha_t (z_s/alpha_s + sum_j c_j eps_j), as weights on z and the stored eps
-            plans.append([grid.alpha[i + 1] / grid.alpha[i]] + [grid.alpha[i + 1] * cj for cj in c])
-        it = iter(grid.tensors([v for p in plans for v in p]))
-        return [[next(it) for _ in p] for p in plans]
-
-    def step(self, dyn, z, i, grid, state, noise):
-        a, *ws = state["plans"][i]
-        hist = state["hist"]
-        if i == 0 and state["from_noise"]:
-            pred = dyn.predict(z, grid.t[0], grid.coefs(0))
-            hist.append(pred.eps)
-            return affine(pred.x0, a, [(ws[0], pred.eps)]), state
-        hist.append(dyn.predict(z, grid.t[i], grid.coefs(i)).eps)
-        del hist[:-3]
-        return affine(z, a, [(w, hist[-1 - j]) for j, w in enumerate(ws)]), state
+        k = multistep_order(grid, i, self.order, self.lower_order_final)
+        if k == 1 or math.isinf(logrho[i + 1]):
+            c = [math.exp(logrho[i + 1]) - math.exp(logrho[i])]
+        else:
+            c = _lagrange_weights([logrho[i - m] for m in range(k)], logrho[i], logrho[i + 1])
+        a_t = grid.alpha[i + 1]
+        update = (a_t / grid.alpha[i]) * Z
+        for cj, e in zip(c, eps):
+            update = update + a_t * cj * e
+        return Step((here,), update, store=(eps[0],))

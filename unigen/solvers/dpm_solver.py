@@ -34,7 +34,8 @@ never enters a divided difference (r = inf drops to first order).
 
 Multistep runs at reduced order during warm-up, and for fewer
 than 15 steps the last steps drop to order 1 (and 2) as in the reference implementation
-(``lower_order_final``), which keeps small-step-count sampling stable.
+(``lower_order_final``; the one policy is ``base.multistep_order``), which keeps
+small-step-count sampling stable.
 
 Warm-up and the asymptotic order of 3M. A first-order first step has an O(h^2) local error,
 so strictly a 3M method started that way is globally second order. At a low-SNR start the
@@ -48,16 +49,15 @@ from __future__ import annotations
 
 import math
 
-import torch
-
 from .._utils import check_choice
 from ._expint import Form, psi
-from .base import Solver, affine, cached_plan
+from .base import ProgramSolver, multistep_order
+from .program import H, Q, Stage, Step, Z
 
 __all__ = ["DPMSolver", "DPMSolverPP"]
 
 
-class _DPMSolverBase(Solver, register=False):
+class _DPMSolverBase(ProgramSolver, register=False):
     prediction = "noise"
     requires = frozenset({"x0_eps"})
 
@@ -77,133 +77,99 @@ class _DPMSolverBase(Solver, register=False):
         self._d2 = 1.0 if reference_3m else 2.0
         self._form = Form(self.prediction)
 
+    @classmethod
+    def variants(cls):
+        return [cls(k, multistep=m) for k in (1, 2, 3) for m in (True, False)] + [cls(3, match_reference_3m=True)]
+
     @property
     def nfe_per_step(self):  # type: ignore[override]
         return 1 if self.multistep else self._k
 
-    def expected_nfe(self, n_steps, ends_at_zero):
-        last = n_steps - 1 if ends_at_zero else n_steps  # the step onto sigma = 0 costs one call
-        return sum(self._calls_at(i, n_steps) for i in range(last)) + (n_steps - last)
+    def _singlestep_at(self, i: int) -> bool:
+        """Singlestep at step i: always, or as multistep DPM-Solver-3's first step (warmup="singlestep")."""
+        return not self.multistep or (self.warmup == "singlestep" and self._k == 3 and i == 0)
 
-    def _order_at(self, i: int, n: int) -> int:
-        """Taylor order of step i (warm-up and lower_order_final included)."""
-        if not self.multistep or self._singlestep_warmup(i):
-            k = self._k if not self.multistep else 2
-        else:
-            k = min(self._k, i + 1)
-        if self.lower_order_final and n < 15:
-            k = min(k, n - i)
-        return k
-
-    def _singlestep_warmup(self, i: int) -> bool:
-        return self.multistep and self.warmup == "singlestep" and self._k == 3 and i == 0
-
-    def _calls_at(self, i: int, n: int) -> int:
-        single = not self.multistep or self._singlestep_warmup(i)
-        return self._order_at(i, n) if single else 1
-
-    # -- precomputation --------------------------------------------------------------------
-    def init(self, dyn, z, grid):
-        plan = self._plan(dyn, grid)
-        return {"hist": [], "inter": plan["inter"], "weights": plan["weights"], "from_noise": plan["from_noise"]}
-
-    @cached_plan
-    def _plan(self, dyn, grid):
-        from_noise = not self._form.data and grid.alpha[0] == 0.0
+    def check_grid(self, grid):
         if grid.alpha[0] == 0.0 and not self.multistep and self._k > 1:
             # the intermediate points sit at lambda_s + r h, which is -inf for every r
             raise ValueError(
                 f"singlestep {type(self).__name__}({self._k}) places its intermediate points between the log-SNRs of "
                 f"a step, and the first is -inf (alpha = 0 at t={grid.times[0]:g}); use multistep=True or a smaller t_start"
             )
-        state = {"inter": {}, "weights": {}, "from_noise": None}
-        if self.multistep:  # every multistep update as 0-dim tensor weights, made in one pass
-            n_plan = grid.n - 1 if grid.ends_at_zero else grid.n
-            first = 1 if from_noise else 0
-            plans = [self._multistep_weights(grid, i, self._order_at(i, grid.n)) for i in range(first, n_plan)]
-            it = iter(grid.tensors([v for A, ws in plans for v in [A, *ws]]))
-            state["weights"] = {i: (next(it), [next(it) for _ in ws]) for i, (_, ws) in enumerate(plans, first)}
-        if from_noise:  # the alpha_s -> 0 limit of the noise-form step: z_t = alpha_t x0_hat + sigma_t eps_hat
-            state["from_noise"] = tuple(grid.tensors([grid.alpha[1], grid.sigma[1]]))
-        # intermediate points r of singlestep steps, evaluated in one vectorised pass
-        plan = []
-        for i in range(grid.n):
-            if not self.multistep or self._singlestep_warmup(i):
-                rs = {2: (0.5,), 3: (1 / 3, 2 / 3)}.get(self._order_at(i, grid.n), ())
-                state["inter"][i] = []
-                plan += [(i, r, 2.0 * (grid.lam_dpm[i] + r * grid.h(i))) for r in rs]
-        if plan:
-            ts = grid.process.t_from_log_snr(torch.tensor([lam for _, _, lam in plan], dtype=torch.float64))
-            for (i, r, _), c in zip(plan, grid.fixed(ts)):
-                state["inter"][i].append((r, c.t, c.alpha, c.sigma, c))
-        return state
 
-    def _ab(self, grid, i, a_t, s_t, h):
-        return self._form.coefs(grid.alpha[i], grid.sigma[i], a_t, s_t, h)
+    def prepare(self, grid):
+        """The intermediate nodes of every singlestep step, in one vectorised pass."""
+        last = grid.n - 1 if grid.ends_at_zero else grid.n
+        points = []
+        for i in range(last):
+            if self._singlestep_at(i):
+                k = multistep_order(grid, i, self._k if not self.multistep else 2, self.lower_order_final, history=False)
+                points += [(i, r, 2.0 * (grid.lam_dpm[i] + r * grid.h(i))) for r in {2: (0.5,), 3: (1 / 3, 2 / 3)}.get(k, ())]
+        nodes = grid.node_at_log_snr([lam for _, _, lam in points])
+        inter: dict = {}
+        for (i, r, _), node in zip(points, nodes):
+            inter.setdefault(i, []).append((r, node))
+        return inter
 
-    # -- steps -------------------------------------------------------------------------------
-    def step(self, dyn, z, i, grid, state, noise):
-        if i == 0 and state["from_noise"] is not None:
-            pred = dyn.predict(z, grid.t[0], grid.coefs(0))
-            state["hist"].append((0, pred.eps))  # lambda_0 = -inf: never used in a difference
-            a_t, s_t = state["from_noise"]
-            return affine(pred.x0, a_t, [(s_t, pred.eps)]), state
-        m0 = self._form.target(dyn.predict(z, grid.t[i], grid.coefs(i)))
-        k = self._order_at(i, grid.n)
-        if self.multistep:
-            hist = state["hist"]
-            hist.append((i, m0))
-            del hist[:-3]
-            if i not in state["inter"]:
-                A, ws = state["weights"][i]
-                return affine(z, A, [(w, hist[-1 - j][1]) for j, w in enumerate(ws)]), state
-        return self._singlestep(dyn, z, i, grid, m0, state["inter"][i], k), state
-
-    def _multistep_weights(self, grid, i, k) -> tuple[float, list[float]]:
-        """z_t = A z_s + sum_j w_j m_{-j}: the multistep update with its divided differences
-        expanded into weights on the stored model values (m_0, m_-1, m_-2)."""
+    def step_program(self, grid, i, pre):
+        q = "x0" if self._form.data else "eps"
+        m0 = Q(0, q)
+        here = Stage(grid.node(i), Z)
+        if not self._form.data and grid.alpha[i] == 0.0:
+            # out of pure noise the noise form's A = alpha_t/alpha_s is infinite; its limit is DDIM
+            return Step((here,), grid.alpha[i + 1] * Q(0, "x0") + grid.sigma[i + 1] * Q(0, "eps"), store=(m0,))
         h = grid.h(i)
-        A, B, hh = self._ab(grid, i, grid.alpha[i + 1], grid.sigma[i + 1], h)
+        A, B, hh = self._form.coefs(grid.alpha[i], grid.sigma[i], grid.alpha[i + 1], grid.sigma[i + 1], h)
+        if self._singlestep_at(i):
+            return self._singlestep(grid, i, pre.get(i, []), A, B, hh, h, q)
+        k = multistep_order(grid, i, self._k, self.lower_order_final)
         p1, p2, p3 = psi(1, hh), psi(2, hh), psi(3, hh)
-        r0 = grid.h(i - 1, i) / h if k >= 2 else math.inf
-        r1 = grid.h(i - 2, i - 1) / h if k >= 3 else math.inf
-        if math.isinf(r0):  # no usable history (warm-up, or a zero-SNR previous point)
-            return A, [-B * p1]
-        if k == 2 or math.isinf(r1):
-            if self.solver_type == "taylor":
-                return A, [-B * (p1 + p2 / r0), B * p2 / r0]
-            return A, [-B * p1 * (1 + 0.5 / r0), B * p1 * 0.5 / r0]
-        # D1_0 = (m0 - m1)/r0, D1_1 = (m1 - m2)/r1; D1 = D1_0 + r0/(r0+r1)(D1_0 - D1_1), D2 = (D1_0 - D1_1)/(r0+r1)
-        d1_0 = [1 / r0, -1 / r0, 0.0]
-        diff = [1 / r0, -1 / r0 - 1 / r1, 1 / r1]
-        d1 = [x + r0 / (r0 + r1) * y for x, y in zip(d1_0, diff)]
-        d2 = [y / (r0 + r1) for y in diff]
-        e0 = [1.0, 0.0, 0.0]
-        return A, [-B * (p1 * a + p2 * b + self._d2 * p3 * c) for a, b, c in zip(e0, d1, d2)]
-
-    def _singlestep(self, dyn, z, i, grid, m0, inter, k):
-        h = grid.h(i)
-        A, B, hh = self._ab(grid, i, grid.alpha[i + 1], grid.sigma[i + 1], h)
-        base = A * z - (B * psi(1, hh)) * m0
         if k == 1:
-            return base
-        r1, t1, a1, s1, c1 = inter[0]
-        A1, B1, _ = self._ab(grid, i, a1, s1, r1 * h)
-        u1 = A1 * z - (B1 * psi(1, r1 * hh)) * m0
-        d1 = self._form.target(dyn.predict(u1, t1, c1)) - m0
-        if k == 2:
-            return base - (B * psi(1, hh) / (2 * r1)) * d1
-        r2, t2, a2, s2, c2 = inter[1]
-        A2, B2, _ = self._ab(grid, i, a2, s2, r2 * h)
-        u2 = A2 * z - (B2 * psi(1, r2 * hh)) * m0 - (B2 * (r2 / r1) * psi(2, r2 * hh)) * d1
-        d2 = self._form.target(dyn.predict(u2, t2, c2)) - m0
-        return base - (B * psi(2, hh) / r2) * d2
+            update = A * Z - B * p1 * m0
+        elif k == 2:
+            m1, r0 = H(0), grid.h(i - 1, i) / h
+            if self.solver_type == "taylor":
+                update = A * Z - B * (p1 * m0 + p2 * (m0 - m1) / r0)
+            else:
+                update = A * Z - B * p1 * (m0 + (m0 - m1) / (2 * r0))
+        else:
+            m1, m2 = H(0), H(1)
+            r0, r1 = grid.h(i - 1, i) / h, grid.h(i - 2, i - 1) / h
+            d1_0, d1_1 = (m0 - m1) / r0, (m1 - m2) / r1
+            d1 = d1_0 + r0 / (r0 + r1) * (d1_0 - d1_1)
+            d2 = (d1_0 - d1_1) / (r0 + r1)
+            update = A * Z - B * (p1 * m0 + p2 * d1 + self._d2 * p3 * d2)
+        return Step((here,), update, store=(m0,))
+
+    def _singlestep(self, grid, i, inter, A, B, hh, h, q):
+        """Singlestep DPM-Solver-2 (r1 = 1/2) or -3 (r1 = 1/3, r2 = 2/3): intermediate points u_k."""
+        m0 = Q(0, q)
+        here = Stage(grid.node(i), Z)
+        store = (m0,) if self.multistep else ()  # a singlestep warm-up feeds the multistep steps after it
+        base = A * Z - B * psi(1, hh) * m0
+        if not inter:
+            return Step((here,), base, store)
+        (r1, node1), *rest = inter
+        A1, B1, _ = self._form.coefs(grid.alpha[i], grid.sigma[i], node1.alpha, node1.sigma, r1 * h)
+        u1 = A1 * Z - B1 * psi(1, r1 * hh) * m0
+        d1 = Q(1, q) - m0
+        if not rest:
+            return Step((here, Stage(node1, u1)), base - B * psi(1, hh) / (2 * r1) * d1, store)
+        r2, node2 = rest[0]
+        A2, B2, _ = self._form.coefs(grid.alpha[i], grid.sigma[i], node2.alpha, node2.sigma, r2 * h)
+        u2 = A2 * Z - B2 * psi(1, r2 * hh) * m0 - B2 * (r2 / r1) * psi(2, r2 * hh) * d1
+        d2 = Q(2, q) - m0
+        return Step((here, Stage(node1, u1), Stage(node2, u2)), base - B * psi(2, hh) / r2 * d2, store)
 
 
 class DPMSolver(_DPMSolverBase):
     """DPM-Solver: exponential integrator of the noise-prediction form (Lu et al. 2022a)."""
 
     prediction = "noise"
+
+    @classmethod
+    def variants(cls):
+        return super().variants() + [cls(2, solver_type="taylor")]
 
 
 class DPMSolverPP(_DPMSolverBase):

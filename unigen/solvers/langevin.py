@@ -48,7 +48,8 @@ import math
 import torch
 from torch import Tensor
 
-from .base import Dynamics, Grid, Noise, Solver, get_solver
+from .base import Dynamics, Noise, Solver, get_solver
+from .grid import Grid
 
 __all__ = ["Langevin", "MALA", "AnnealedLangevin", "PredictorCorrector"]
 

@@ -1,44 +1,65 @@
 r"""Explicit Runge-Kutta methods on the probability-flow ODE, in a chosen clock.
 
-``clock="t"`` integrates  dz/dt = alpha' x0_hat + sigma' eps_hat  in the process's own time.
-``clock="sigma"`` integrates EDM's form  dy/ds = eps_hat  in VE variables y = z/alpha,
-s = sigma/alpha (Karras et al. 2022, eq. 4 with s(t) = t): there Euler is exactly DDIM and
-Heun is EDM's deterministic sampler, on any process.
+``clock="t"`` integrates  dz/dt = alpha' x0_hat + sigma' eps_hat  (the "velocity") in the
+process's own time. ``clock="sigma"`` integrates EDM's form  dy/ds = eps_hat  in VE
+variables y = z/alpha, s = sigma/alpha (Karras et al. 2022, eq. 4 with s(t) = t): there
+Euler is exactly DDIM and Heun is EDM's deterministic sampler, on any process.
 
-Each method is a Butcher tableau (data) plus its order; the step is written once.
+Each method is a Butcher tableau (data: nodes c, matrix a, weights b) plus its order; the
+step is written once, as the tableau's recursion over stages
+
+    y_k = y + h sum_j a_kj f_j,      y' = y + h sum_j b_j f_j,      f_j = f(y_j, tau + c_j h).
 """
 
 from __future__ import annotations
 
 import math
+from dataclasses import dataclass
 
-import torch
+from .base import ProgramSolver
+from .program import Q, Stage, Step, Z
 
-from ..parametrization import lin_coefs
-from .base import Solver, affine, cached_plan
-
-__all__ = ["Euler", "Heun", "Midpoint", "RK4", "ButcherTableau"]
+__all__ = ["Euler", "Heun", "Midpoint", "RK4", "ButcherTableau", "RungeKutta"]
 
 CLOCKS = ("t", "sigma")
 
 
+@dataclass(frozen=True)
 class ButcherTableau:
-    """Explicit tableau: nodes c, lower-triangular a, weights b."""
+    """Explicit tableau: nodes c, strictly lower-triangular a (row k has k entries), weights b."""
+
+    c: tuple
+    a: tuple
+    b: tuple
 
     def __init__(self, c, a, b):
         if not (len(c) == len(a) == len(b)):
             raise ValueError("c, a and b must have one entry per stage")
-        self.c, self.a, self.b = list(c), [list(r) for r in a], list(b)
-        self.stages = len(c)
+        if any(len(row) != k for k, row in enumerate(a)):
+            raise ValueError("an explicit tableau's row k of a has k entries (a is strictly lower triangular)")
+        object.__setattr__(self, "c", tuple(float(v) for v in c))
+        object.__setattr__(self, "a", tuple(tuple(float(v) for v in row) for row in a))
+        object.__setattr__(self, "b", tuple(float(v) for v in b))
+
+    @property
+    def stages(self) -> int:
+        return len(self.c)
 
 
-class _RungeKutta(Solver, register=False):
+class RungeKutta(ProgramSolver, register=False):
+    """An explicit Runge-Kutta method given by ``tableau`` and its ``order``; subclass and set
+    both (``class Ralston(RungeKutta): order = 2; tableau = ButcherTableau(...)``) to add one."""
+
     tableau: ButcherTableau
 
     def __init__(self, clock: str = "t"):
         if clock not in CLOCKS:
             raise ValueError(f"unknown clock {clock!r}; valid clocks are {', '.join(CLOCKS)}")
         self.clock = clock
+
+    @classmethod
+    def variants(cls):
+        return [cls(), cls(clock="sigma")]
 
     @property
     def nfe_per_step(self):  # type: ignore[override]
@@ -48,93 +69,67 @@ class _RungeKutta(Solver, register=False):
     def requires(self):  # type: ignore[override]
         return frozenset({"ode"} if self.clock == "t" else {"x0_eps"})
 
-    def init(self, dyn, z, grid):
-        return self._plan(dyn, grid)
+    def check_grid(self, grid):
+        if self.clock == "sigma" and grid.alpha[0] == 0.0:
+            raise ValueError(
+                f"clock='sigma' needs alpha > 0 at the start (sigma/alpha is infinite at t={grid.times[0]:g}); "
+                "pass a smaller t_start or use clock='t'"
+            )
 
-    @cached_plan
-    def _plan(self, dyn, grid):
-        """Stage coefficients and the folded linear maps of every step."""
-        p, tab = grid.process, self.tableau
+    def prepare(self, grid):
+        """The clock values tau at the grid points and the nodes of every off-grid stage."""
+        tab = self.tableau
         if self.clock == "t":
             tau = grid.times
         else:
-            if grid.alpha[0] == 0.0:
-                raise ValueError(
-                    f"clock='sigma' needs alpha > 0 at the start (sigma/alpha is infinite at t={grid.times[0]:g}); "
-                    "pass a smaller t_start or use clock='t'"
-                )
             tau = [s / a if a > 0 else math.inf for a, s in zip(grid.alpha, grid.sigma)]
-        # all off-grid stage times of the run, evaluated in one vectorised pass
-        n_plan = grid.n - 1 if grid.ends_at_zero else grid.n  # the step onto sigma = 0 is final_step's
-        inner = [(i, k, tau[i] + c * (tau[i + 1] - tau[i])) for i in range(n_plan) for k, c in enumerate(tab.c) if c != 0.0]
-        vals = [v for _, _, v in inner]
-        if self.clock == "sigma":
-            lam = [-2.0 * math.log(v) if v > 0 else math.inf for v in vals]  # sigma/alpha = 0: clean data
-            vals = p.t_from_log_snr(torch.tensor(lam, dtype=torch.float64)) if lam else []
-        off = dict(zip(((i, k) for i, k, _ in inner), grid.fixed(vals)))
-        param = dyn.model.parametrization
-        plans, floats = [], []
-        for i in range(n_plan):
-            coefs = [off[(i, k)] if c != 0.0 else grid.coefs(i) for k, c in enumerate(tab.c)]
-            stages, final = self._fold(tau[i + 1] - tau[i], coefs, grid.alpha[i + 1] if self.clock == "sigma" else 1.0, param)
-            plans.append((coefs, stages, final))
-            floats += [v for a, bs in stages + [final] for v in [a] + [w for _, w in bs]]
-        # every coefficient of the run becomes a 0-dim tensor in one pass
-        it = iter(grid.tensors(floats))
-        tensor_plans = []
-        for times, stages, final in plans:
-            conv = lambda st: (next(it), [(l, next(it)) for l, _ in st[1]])  # noqa: E731
-            tensor_plans.append((times, [conv(st) for st in stages], conv(final)))
-        return tensor_plans
+        last = grid.n - 1 if grid.ends_at_zero else grid.n
+        # every off-grid stage node of the run, evaluated in one vectorised pass
+        inner = [(i, k, tau[i] + c * (tau[i + 1] - tau[i])) for i in range(last) for k, c in enumerate(tab.c) if c != 0.0]
+        if self.clock == "t":
+            nodes = grid.nodes_at([v for _, _, v in inner])
+        else:  # a VE level s is the time of log-SNR -2 log s (s = 0: clean data)
+            nodes = grid.node_at_log_snr([-2.0 * math.log(v) if v > 0 else math.inf for _, _, v in inner])
+        return tau, dict(zip(((i, k) for i, k, _ in inner), nodes))
 
-    def _fold(self, h, coefs, s_next, param):
-        """The step as linear maps of (z, model outputs): stage k gets z_k = A_k z + sum_l B_kl o_l.
-
-        In the clock variable y (y = z/s with s = alpha in the sigma clock, 1 in t) the
-        derivative is f_j = p_j y_j + q_j o_j (velocity or eps in terms of the raw output), so
-        the tableau's recursion y_k = y + h sum_j a_kj f_j stays linear in (y, o_1..o_k).
-        """
-        tab = self.tableau
-        scale = [c.alpha if self.clock == "sigma" else 1.0 for c in coefs]
-        pq = []
-        for c, sc in zip(coefs, scale):
-            if self.clock == "t":
-                pq.append(lin_coefs(c, param, c.d_alpha, c.d_sigma))
-            else:
-                cz, co = lin_coefs(c, param, 0.0, 1.0)
-                pq.append((cz * sc, co))
-        A, B = [], []  # y_k = A[k] y + sum_l B[k][l] o_l
-        def combine(weights):
-            a = 1.0 + h * sum(w * pq[j][0] * A[j] for j, w in enumerate(weights))
-            b = [h * sum(w * (pq[j][0] * B[j][l] + (pq[j][1] if j == l else 0.0)) for j, w in enumerate(weights)) for l in range(len(weights))]
-            return a, b
+    def step_program(self, grid, i, pre):
+        tau, stage_nodes = pre
+        tab, h = self.tableau, tau[i + 1] - tau[i]
+        nodes = [stage_nodes[(i, k)] if c != 0.0 else grid.node(i) for k, c in enumerate(tab.c)]
+        if self.clock == "t":  # y = z, f = dz/dt
+            scale = [1.0] * tab.stages
+            f = [Q(k, "velocity") for k in range(tab.stages)]
+            s_next = 1.0
+        else:  # y = z / alpha, f = dy/ds = eps_hat; the model sees z_k = alpha_k y_k
+            scale = [node.alpha for node in nodes]
+            f = [Q(k, "eps") for k in range(tab.stages)]
+            s_next = grid.alpha[i + 1]
+        y = Z / scale[0]
         stages = []
         for k in range(tab.stages):
-            a, b = combine(tab.a[k])
-            A.append(a)
-            B.append(b + [0.0] * (tab.stages - len(b)))
-            stages.append((scale[k] * a / scale[0], [(l, scale[k] * w) for l, w in enumerate(b) if w != 0.0]))
-        a, b = combine(tab.b)
-        final = (s_next * a / scale[0], [(l, s_next * w) for l, w in enumerate(b) if w != 0.0])
-        return stages, final
-
-    def step(self, dyn, z, i, grid, plans, noise):
-        times, stages, (a, terms) = plans[i]
-        outs = []
-        for c_k, (a_k, terms_k) in zip(times, stages):
-            z_k = z if not terms_k else affine(z, a_k, [(w, outs[l]) for l, w in terms_k])
-            outs.append(dyn.raw(z_k, c_k.t, c_k))
-        return affine(z, a, [(w, outs[l]) for l, w in terms]), plans
+            if tab.c[k] == 0.0 and not any(tab.a[k]):  # the state itself (exactly, not alpha * z / alpha)
+                stages.append(Stage(nodes[k], Z))
+                continue
+            y_k = y + h * _dot(tab.a[k], f)
+            stages.append(Stage(nodes[k], scale[k] * y_k))
+        return Step(tuple(stages), s_next * (y + h * _dot(tab.b, f)))
 
 
-class Euler(_RungeKutta):
+def _dot(weights, f):
+    out = 0.0 * Z
+    for w, fj in zip(weights, f):
+        out = out + w * fj
+    return out
+
+
+class Euler(RungeKutta):
     """Forward Euler (order 1, 1 call/step). In the sigma clock this is DDIM."""
 
     order = 1
     tableau = ButcherTableau([0.0], [[]], [1.0])
 
 
-class Heun(_RungeKutta):
+class Heun(RungeKutta):
     """Heun's method / explicit trapezoid (order 2, 2 calls/step; EDM's Algorithm 1 without churn).
 
     A final step onto zero noise is a single Euler step (EDM skips the correction at
@@ -145,14 +140,18 @@ class Heun(_RungeKutta):
     tableau = ButcherTableau([0.0, 1.0], [[], [1.0]], [0.5, 0.5])
 
 
-class Midpoint(_RungeKutta):
+class Midpoint(RungeKutta):
     """Explicit midpoint rule (order 2, 2 calls/step)."""
 
     order = 2
     tableau = ButcherTableau([0.0, 0.5], [[], [0.5]], [0.0, 1.0])
 
+    @classmethod
+    def variants(cls):
+        return [cls()]
 
-class RK4(_RungeKutta):
+
+class RK4(RungeKutta):
     """Classical fourth-order Runge-Kutta (order 4, 4 calls/step)."""
 
     order = 4

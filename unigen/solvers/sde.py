@@ -32,7 +32,8 @@ import math
 
 import torch
 
-from .base import Solver
+from .base import ProgramSolver, Solver, multistep_order
+from .program import XI, H, Q, Stage, Step, Z
 
 __all__ = ["EulerMaruyama", "EDMStochastic", "SDEDPMSolverPP", "TorchSDE"]
 
@@ -61,12 +62,17 @@ def _singular(grid, g2: list[float], i: int) -> bool:
 
 def _zero_snr_step(dyn, z, i, grid, noise):
     """The eta > 0 step out of alpha = 0: the exact posterior draw alpha' x0_hat + sigma' xi."""
-    x0 = dyn.predict(z, grid.t[i]).x0
+    x0 = dyn.predict(z, grid.t[i], grid.node(i)).x0
     return grid.alpha[i + 1] * x0 + grid.sigma[i + 1] * noise(z)
 
 
+def _zero_snr_program(grid, i) -> Step:
+    """The same step as a program: z' = alpha' x0_hat + sigma' xi."""
+    return Step((Stage(grid.node(i), Z),), grid.alpha[i + 1] * Q(0, "x0") + grid.sigma[i + 1] * XI(0))
+
+
 # ---------------------------------------------------------------------------------------
-class EulerMaruyama(Solver):
+class EulerMaruyama(ProgramSolver):
     r"""Euler-Maruyama on the reverse-SDE family in the process time t.
 
     With the positive step h = t_i - t_{i+1} and coefficients at the left point t_i:
@@ -93,36 +99,21 @@ class EulerMaruyama(Solver):
         self.eta = _check_nonneg("eta", eta)
         self.stochastic = self.eta > 0
 
-    def init(self, dyn, z, grid):
-        g2 = _g2_list(grid) if self.eta > 0 else [0.0] * (grid.n + 1)
-        coefs = []
-        for i in range(grid.n):
-            dt = grid.times[i + 1] - grid.times[i]  # negative
-            if self.eta > 0 and _singular(grid, g2, i):
-                coefs.append(None)
-                continue
-            h = -dt
-            c_eps = 0.5 * self.eta**2 * g2[i] / grid.sigma[i] * h if self.eta > 0 else 0.0
-            c_noise = self.eta * math.sqrt(g2[i] * h) if self.eta > 0 else 0.0
-            coefs.append((dt, c_eps, c_noise))
-        return coefs
+    def prepare(self, grid):
+        return _g2_list(grid) if self.eta > 0 else [0.0] * (grid.n + 1)
 
-    def step(self, dyn, z, i, grid, coefs, noise):
-        c = coefs[i]
-        if c is None:
-            return _zero_snr_step(dyn, z, i, grid, noise), coefs
-        dt, c_eps, c_noise = c
-        pred = dyn.predict(z, grid.t[i])
-        z1 = z + dt * pred.velocity
-        if c_eps != 0.0:
-            z1 = z1 - c_eps * pred.eps
-        if c_noise != 0.0:
-            z1 = z1 + c_noise * noise(z)
-        return z1, coefs
+    def step_program(self, grid, i, g2):
+        if self.eta > 0 and _singular(grid, g2, i):
+            return _zero_snr_program(grid, i)
+        h = grid.times[i] - grid.times[i + 1]
+        c_eps = 0.5 * self.eta**2 * g2[i] / grid.sigma[i] * h if self.eta > 0 else 0.0
+        c_noise = self.eta * math.sqrt(g2[i] * h) if self.eta > 0 else 0.0
+        update = Z - h * Q(0, "velocity") - c_eps * Q(0, "eps") + c_noise * XI(0)
+        return Step((Stage(grid.node(i), Z),), update)
 
 
 # ---------------------------------------------------------------------------------------
-class EDMStochastic(Solver):
+class EDMStochastic(ProgramSolver):
     r"""EDM's stochastic sampler (Karras et al. 2022, Algorithm 2) on any process.
 
     Runs in VE variables y = z/alpha, s = sigma/alpha (EDM's "sigma"); the model is fed
@@ -172,70 +163,68 @@ class EDMStochastic(Solver):
         """A churning instance for registry-wide tests (the default, churn = 0, is Heun)."""
         return cls(churn=10.0)
 
-    def init(self, dyn, z, grid):
+    @classmethod
+    def variants(cls):
+        return [cls.example()]
+
+    def prepare(self, grid):
+        """Per step: the churned node (t_hat, with its level s_hat) and the added std, or None."""
         p = grid.process
-        n = grid.n
         ves = [s / a if a > 0 else math.inf for a, s in zip(grid.alpha, grid.sigma)]
         with torch.no_grad():
             t_top = torch.tensor(p.t_max, dtype=torch.float64)
             s_top = float(p.sigma(t_top) / p.alpha(t_top)) if float(p.alpha(t_top)) > 0 else math.inf
-        gamma_max = min(self.churn / n, math.sqrt(2.0) - 1.0)
-        plan = []
-        for i in range(n):
+        gamma_max = min(self.churn / grid.n, math.sqrt(2.0) - 1.0)
+        churns = []
+        for i in range(grid.n):
             s_i = ves[i]
-            if math.isinf(s_i):
-                plan.append(("ddim",))
-                continue
             churn = None
             gamma = gamma_max if (self.s_tmin <= s_i <= self.s_tmax) else 0.0
-            if gamma > 0.0 and s_i < s_top:
+            if math.isfinite(s_i) and gamma > 0.0 and s_i < s_top:
                 s_hat = min(s_i * (1.0 + gamma), s_top)
                 with torch.no_grad():
                     t_hat = p.t_from_log_snr(torch.tensor(-2.0 * math.log(s_hat), dtype=torch.float64))
                     t_hat = torch.clamp(t_hat, grid.times[i], p.t_max)
-                    a_hat, sg_hat = float(p.alpha(t_hat)), float(p.sigma(t_hat))
-                s_hat = sg_hat / a_hat  # the level the model actually sees at t_hat
+                node = grid.nodes_at(t_hat.reshape(1))[0]
+                s_hat = node.sigma / node.alpha  # the level the model actually sees at t_hat
                 if s_hat > s_i:
-                    std = self.s_noise * math.sqrt(s_hat * s_hat - s_i * s_i)
-                    churn = (t_hat.to(grid.ts), a_hat, s_hat, std)
-            plan.append(("heun", s_i, ves[i + 1], churn))
-        return plan
+                    churns.append((node, self.s_noise * math.sqrt(s_hat * s_hat - s_i * s_i)))
+                    continue
+            churns.append(None)
+        return ves, churns
 
-    def _churn(self, z, i, grid, churn, noise):
-        """(z_hat, t_hat, alpha_hat, s_hat) after adding noise; y = z/alpha throughout."""
-        s_i = grid.sigma[i] / grid.alpha[i]
+    def _churned(self, grid, i, churn):
+        """(stage-0 node, z_hat, y_hat, s_hat): noise added at level s_i, in y = z/alpha."""
         if churn is None:
-            return z, grid.t[i], grid.alpha[i], s_i
-        t_hat, a_hat, s_hat, std = churn
-        y_hat = z / grid.alpha[i] + std * noise(z)
-        return a_hat * y_hat, t_hat, a_hat, s_hat
+            return grid.node(i), Z, Z / grid.alpha[i], grid.sigma[i] / grid.alpha[i]
+        node, std = churn
+        y_hat = Z / grid.alpha[i] + std * XI(0)
+        return node, node.alpha * y_hat, y_hat, node.sigma / node.alpha
 
-    def step(self, dyn, z, i, grid, plan, noise):
-        entry = plan[i]
-        if entry[0] == "ddim":
-            pred = dyn.predict(z, grid.t[i])
-            return grid.alpha[i + 1] * pred.x0 + grid.sigma[i + 1] * pred.eps, plan
-        _, _, s_next, churn = entry
-        z_hat, t_hat, a_hat, s_hat = self._churn(z, i, grid, churn, noise)
-        y_hat = z_hat / a_hat
-        d = dyn.predict(z_hat, t_hat).eps
-        ds = s_next - s_hat
+    def step_program(self, grid, i, pre):
+        ves, churns = pre
+        if math.isinf(ves[i]):  # from alpha = 0: the DDIM step, no churn
+            return Step((Stage(grid.node(i), Z),), grid.alpha[i + 1] * Q(0, "x0") + grid.sigma[i + 1] * Q(0, "eps"))
+        node, z_hat, y_hat, s_hat = self._churned(grid, i, churns[i])
+        ds = ves[i + 1] - s_hat
+        d = Q(0, "eps")
         y1 = y_hat + ds * d
-        d1 = dyn.predict(grid.alpha[i + 1] * y1, grid.t[i + 1]).eps
-        y1 = y_hat + (0.5 * ds) * (d + d1)
-        return grid.alpha[i + 1] * y1, plan
+        a1 = grid.alpha[i + 1]
+        stages = (Stage(node, z_hat), Stage(grid.node(i + 1), a1 * y1))
+        return Step(stages, a1 * (y_hat + 0.5 * ds * (d + Q(1, "eps"))))
 
-    def final_step(self, dyn, z, i, grid, plan, noise):
+    def landing(self, grid, pre):
         """Onto s = 0: churn (if active), then one Euler step to 0, i.e. x0_hat(y_hat; s_hat)."""
-        entry = plan[i]
-        if entry[0] == "ddim":
-            return dyn.predict(z, grid.t[i]).x0, plan
-        z_hat, t_hat, _, _ = self._churn(z, i, grid, entry[3], noise)
-        return dyn.predict(z_hat, t_hat).x0, plan
+        ves, churns = pre
+        i = grid.n - 1
+        if math.isinf(ves[i]):
+            return super().landing(grid, pre)
+        node, z_hat, _, _ = self._churned(grid, i, churns[i])
+        return Step((Stage(node, z_hat),), Q(0, "x0"))
 
 
 # ---------------------------------------------------------------------------------------
-class SDEDPMSolverPP(Solver):
+class SDEDPMSolverPP(ProgramSolver):
     r"""SDE-DPM-Solver++ (Lu et al. 2022b), multistep, data prediction; orders 1 and 2.
 
     In DPM-Solver's lambda = log(alpha/sigma) (``grid.lam_dpm``) the family's drift is linear
@@ -271,40 +260,18 @@ class SDEDPMSolverPP(Solver):
         self.strong_order = float(self.order) if self.eta == 0 else 1.0
         self.weak_order = float(self.order) if self.eta == 0 else 1.0
 
-    def _order_at(self, i: int, n: int) -> int:
-        k = min(self.order, i + 1)
-        if self.lower_order_final and n < 15:
-            k = min(k, n - i)
-        return k
-
-    def init(self, dyn, z, grid):
+    def step_program(self, grid, i, pre):
         e2 = self.eta**2
-        coefs = []
-        for i in range(grid.n):
-            h = grid.h(i)  # may be inf out of alpha = 0
-            ratio = grid.sigma[i + 1] / grid.sigma[i]
-            if e2 > 0:
-                a = ratio * math.exp(-e2 * h)
-                c = grid.sigma[i + 1] * math.sqrt(-math.expm1(-2.0 * e2 * h))
-            else:
-                a, c = ratio, 0.0
-            b = grid.alpha[i + 1] * -math.expm1(-(1.0 + e2) * h)
-            d = 0.0
-            if self._order_at(i, grid.n) == 2:
-                d = b * h / (2.0 * grid.h(i - 1))  # b/(2r); 0 after a step out of alpha = 0
-            coefs.append((a, b, c, d))
-        return {"coefs": coefs, "prev": None}
-
-    def step(self, dyn, z, i, grid, state, noise):
-        a, b, c, d = state["coefs"][i]
-        x0 = dyn.predict(z, grid.t[i]).x0
-        z1 = a * z + b * x0
-        if d != 0.0:
-            z1 = z1 + d * (x0 - state["prev"])
-        if c != 0.0:
-            z1 = z1 + c * noise(z)
-        state["prev"] = x0
-        return z1, state
+        h = grid.h(i)  # may be inf out of alpha = 0
+        ratio = grid.sigma[i + 1] / grid.sigma[i]
+        a = ratio * math.exp(-e2 * h) if e2 > 0 else ratio
+        c = grid.sigma[i + 1] * math.sqrt(-math.expm1(-2.0 * e2 * h)) if e2 > 0 else 0.0
+        b = grid.alpha[i + 1] * -math.expm1(-(1.0 + e2) * h)
+        x0 = Q(0, "x0")
+        update = a * Z + b * x0 + c * XI(0)
+        if multistep_order(grid, i, self.order, self.lower_order_final) == 2:
+            update = update + b / (2.0 * grid.h(i - 1) / h) * (x0 - H(0))  # b/(2r)
+        return Step((Stage(grid.node(i), Z),), update, store=(x0,))
 
 
 # ---------------------------------------------------------------------------------------

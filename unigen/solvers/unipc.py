@@ -12,8 +12,8 @@ g_{k+1} = g_k/hh - 1/(k+1)! (Zhao et al. 2023; psi functions as in docs/theory.m
 e^hh - 1 = -1 for both, the only finite choice there.
 
 The model value at the predicted point z_t is reused by the next step (it is *not*
-re-evaluated at the corrected point) and the corrector is skipped on the last step, so
-UniPC costs exactly one call per step. The corrector raises the order by one:
+re-evaluated at the corrected point; in the program it is stored and read back as H[0]) and
+the corrector is skipped on the last step, so UniPC costs exactly one call per step. The corrector raises the order by one:
 ``order = p + 1`` with the corrector, ``p`` without. UniP-1 without corrector is DDIM,
 and UniP-2 with bh2 is DPM-Solver++(2M).
 """
@@ -24,7 +24,8 @@ import math
 
 from .._utils import check_choice
 from ._expint import Form, psi
-from .base import Solver, affine, cached_plan
+from .base import ProgramSolver, multistep_order
+from .program import H, Q, Stage, Step, Z
 
 __all__ = ["UniPC"]
 
@@ -60,7 +61,7 @@ def _solve(rks: list[float], b: list[float]) -> list[float]:
     return x
 
 
-class UniPC(Solver):
+class UniPC(ProgramSolver):
     """UniPC with UniP-``order`` predictor and UniC corrector (``variant`` "bh1" or "bh2")."""
 
     requires = frozenset({"x0_eps"})
@@ -77,60 +78,60 @@ class UniPC(Solver):
         self._form = Form(prediction)
         self.order = order + 1 if self.corrector else order
 
-    def _order_at(self, i, n):
-        k = min(self.p, i + 1)
-        if self.lower_order_final and n < 15:
-            k = min(k, n - i)
-        return k
+    @classmethod
+    def variants(cls):
+        return [cls(k, variant=v) for k in (1, 2, 3) for v in ("bh1", "bh2")] + [cls(k, corrector=False) for k in (2, 3)]
 
-    def init(self, dyn, z, grid):
-        return {"plans": self._plan(dyn, grid), "hist": [], "pred": None}
-
-    @cached_plan
-    def _plan(self, dyn, grid):
+    def check_grid(self, grid):
         if not self._form.data and grid.alpha[0] == 0.0:
             raise ValueError("UniPC noise form divides by alpha, which is 0 at the grid start; use prediction='data'")
-        plans = []
-        for i in range(grid.n - 1 if grid.ends_at_zero else grid.n):  # the step onto sigma = 0 is final_step's
-            k = self._order_at(i, grid.n)
-            while k > 1 and math.isinf(grid.lam_dpm[i - k + 1]):
-                k -= 1  # no divided differences through a zero-SNR point (lambda = -inf)
-            h = grid.h(i)
-            A, B, hh = self._form.coefs(grid.alpha[i], grid.sigma[i], grid.alpha[i + 1], grid.sigma[i + 1], h)
-            rks = [(grid.lam_dpm[i - m] - grid.lam_dpm[i]) / h for m in range(1, k)] + [1.0]
-            b, B_h = _unipc_coefs(rks, hh, self.variant)
-            if k == 1:
-                rho_p = []
-            elif k == 2:
-                rho_p = [0.5]
-            else:
-                rho_p = _solve(rks[:-1], b[:-1])
-            rho_c = [0.5] if k == 1 else _solve(rks, b)
-            # expand D_m = (m_{-m} - m_0)/r_m into weights on the stored values m_0, m_-1, ...
-            c1, cB, inv = B * psi(1, hh), B * B_h, [1.0 / r for r in rks[:-1]]
-            pred_w = [-c1 + cB * sum(r * q for r, q in zip(rho_p, inv))] + [-cB * r * q for r, q in zip(rho_p, inv)]
-            corr_w = [-c1 + cB * (sum(r * q for r, q in zip(rho_c[:-1], inv)) + rho_c[-1])]
-            corr_w += [-cB * r * q for r, q in zip(rho_c[:-1], inv)] + [-cB * rho_c[-1]]
-            plans.append((A, pred_w, corr_w))
-        it = iter(grid.tensors([v for A, pw, cw in plans for v in [A, *pw, *cw]]))
-        return [(next(it), [next(it) for _ in pw], [next(it) for _ in cw]) for _, pw, cw in plans]
 
-    def step(self, dyn, z, i, grid, state, noise):
-        """Predictor z_t = A z + sum_j w_j m_-j; corrector adds the model value at the prediction."""
-        pred = state["pred"] if state["pred"] is not None else dyn.predict(z, grid.t[i], grid.coefs(i))
-        hist = state["hist"]
-        hist.append(self._form.target(pred))
-        del hist[:-3]
-        A, pred_w, corr_w = state["plans"][i]
-        z_t = affine(z, A, [(w, hist[-1 - j]) for j, w in enumerate(pred_w)])
-        state["pred"] = None
-        if self.corrector and i < grid.n - 1:
-            pred_t = dyn.predict(z_t, grid.t[i + 1], grid.coefs(i + 1))
-            terms = [(w, hist[-1 - j]) for j, w in enumerate(corr_w[:-1])] + [(corr_w[-1], self._form.target(pred_t))]
-            z_t = affine(z, A, terms)
-            state["pred"] = pred_t
-        return z_t, state
+    def _corrects(self, grid, i: int) -> bool:
+        """The corrector runs on every step but the last (its model call would be wasted there)."""
+        return self.corrector and i < grid.n - 1
 
-    def final_step(self, dyn, z, i, grid, state, noise):
-        pred = state["pred"] if state["pred"] is not None else dyn.predict(z, grid.t[i], grid.coefs(i))
-        return pred.x0, state
+    def step_program(self, grid, i, pre):
+        """Predictor z_t = A z - B psi_1 m_0 - B B(h) sum_k a_k D_k; corrector adds rho_p (m(z_t, t) - m_0)."""
+        q = "x0" if self._form.data else "eps"
+        k = multistep_order(grid, i, self.p, self.lower_order_final)
+        h = grid.h(i)
+        A, B, hh = self._form.coefs(grid.alpha[i], grid.sigma[i], grid.alpha[i + 1], grid.sigma[i + 1], h)
+        rks = [(grid.lam_dpm[i - m] - grid.lam_dpm[i]) / h for m in range(1, k)] + [1.0]
+        b, B_h = _unipc_coefs(rks, hh, self.variant)
+        # m_0 was evaluated at the previous step's predicted point (corrector) or is evaluated here
+        evaluate_here = i == 0 or not self._corrects(grid, i - 1)
+        stages, store = [], []
+        if evaluate_here:
+            stages.append(Stage(grid.node(i), Z))
+            store.append(Q(0, q))
+            m = [Q(0, q)] + [H(j) for j in range(k - 1)]
+        else:
+            m = [H(j) for j in range(k)]
+        D = [(m[j] - m[0]) / rks[j - 1] for j in range(1, k)]
+        rho_p = [] if k == 1 else [0.5] if k == 2 else _solve(rks[:-1], b[:-1])
+        base = A * Z - B * psi(1, hh) * m[0]
+        predicted = base - B * B_h * _dot(rho_p, D)
+        if not self._corrects(grid, i):
+            return Step(tuple(stages), predicted, tuple(store))
+        rho_c = [0.5] if k == 1 else _solve(rks, b)
+        c = len(stages)
+        stages.append(Stage(grid.node(i + 1), predicted))
+        m_t = Q(c, q)
+        corrected = base - B * B_h * (_dot(rho_c[:-1], D) + rho_c[-1] * (m_t - m[0]))
+        store.append(m_t)
+        if grid.ends_at_zero and i == grid.n - 2 and q != "x0":
+            store.append(Q(c, "x0"))  # the landing reads x0_hat at this evaluation
+        return Step(tuple(stages), corrected, tuple(store))
+
+    def landing(self, grid, pre):
+        """Onto sigma = 0: x0_hat of the last evaluation (the previous step's corrector call, if any)."""
+        if grid.n >= 2 and self._corrects(grid, grid.n - 2):
+            return Step((), H(0))
+        return super().landing(grid, pre)
+
+
+def _dot(weights, lins):
+    out = 0.0 * Z
+    for w, lin in zip(weights, lins):
+        out = out + w * lin
+    return out
