@@ -15,7 +15,7 @@ DDPM_BETAS = torch.linspace(1e-4, 0.02, 1000, dtype=torch.float64)  # VPDiscrete
 
 # every process class of unigen.process, through its examples() (a new class joins every process
 # test by registering itself); processes defined elsewhere (unigen.interop) have tests of their own
-PROCESSES = ug.process.process_examples([c for c in ug.process.REGISTRY.values() if c.__module__ == "unigen.process"])
+PROCESSES = ug.process.process_examples()
 NAMES = sorted(PROCESSES)
 
 
@@ -47,36 +47,9 @@ def mixture(dim=2, k=3, seed=0, diagonal=False):
 
 
 # ---- solvers --------------------------------------------------------------------------
-def _variants():
-    """Explicit variants of the deterministic families; every other registered class is built
-    with its default constructor (or ``example()`` if it defines one)."""
-    return {
-        "Euler": [ug.Euler(), ug.Euler(clock="sigma")],
-        "Heun": [ug.Heun(), ug.Heun(clock="sigma")],
-        "Midpoint": [ug.Midpoint()],
-        "RK4": [ug.RK4(), ug.RK4(clock="sigma")],
-        "DDIM": [ug.DDIM(), ug.DDIM(eta=1.0)],
-        "DPMSolver": [ug.DPMSolver(k, multistep=m) for k in (1, 2, 3) for m in (True, False)]
-        + [ug.DPMSolver(3, match_reference_3m=True), ug.DPMSolver(2, solver_type="taylor")],
-        "DPMSolverPP": [ug.DPMSolverPP(k, multistep=m) for k in (1, 2, 3) for m in (True, False)]
-        + [ug.DPMSolverPP(3, match_reference_3m=True)],  # the published 3M coefficient: order 2
-        "UniPC": [ug.UniPC(k, variant=v) for k in (1, 2, 3) for v in ("bh1", "bh2")]
-        + [ug.UniPC(k, corrector=False) for k in (2, 3)],
-        "DEIS": [ug.DEIS(k) for k in (1, 2, 3)],
-    }
-
-
 def solver_instances():
-    out = []
-    variants = _variants()
-    for name, cls in sorted(ug.solvers.REGISTRY.items()):
-        if name in variants:
-            out += variants[name]
-        elif hasattr(cls, "example"):
-            out.append(cls.example())
-        else:
-            out.append(cls())
-    return out
+    """Every registered solver class with its variants (``Solver.variants()``, the hook the bench reads too)."""
+    return [v for _, cls in sorted(ug.solvers.REGISTRY.items()) for v in cls.variants()]
 
 
 def solver_id(s):

@@ -1,10 +1,15 @@
 
+import math
+
 import pytest
 import torch
 from hypothesis import given
 from hypothesis import strategies as st
 
 import unigen as ug
+from unigen import verify
+from unigen.analytic import ring_mixture
+from unigen.bench.harness import gmm_problem
 from helpers import PROCESSES, interior, mixture, processes, unit
 
 
@@ -137,3 +142,21 @@ def test_exact_ode_solution_solves_the_pf_ode():
         # central difference, h = 1e-5: measured <= 8.4e-10 (h^2 truncation + rounding / h), so 1e-7 is ~100x
         torch.testing.assert_close((zp - zm) / (2 * h), m(zt, t).out, rtol=1e-7, atol=1e-7)
         torch.testing.assert_close(gm.exact_ode_solution(zt, t, 0.9, p), z1, rtol=0, atol=3e-13)  # measured 2.9e-15
+
+
+def test_ring_mixture_is_the_eight_gaussians_oracle():
+    gm = ring_mixture()
+    ang = torch.arange(8, dtype=torch.float64) * 2 * math.pi / 8
+    assert torch.equal(gm.means, 2.0 * torch.stack([ang.cos(), ang.sin()], 1))
+    assert torch.equal(gm.stds, torch.full((8, 2), 0.3, dtype=torch.float64))
+    assert torch.equal(gm.weights, torch.full((8,), 1 / 8, dtype=torch.float64))
+    assert torch.equal(verify.oracle().means, gm.means) and torch.equal(gmm_problem(2, "vp").mixture.means, gm.means)
+    g32 = ring_mixture(dtype=torch.float32)  # what unigen sample --data gmm uses, in float32 arithmetic
+    ang32 = torch.arange(8, dtype=torch.float32) * (2 * torch.pi / 8)
+    assert g32.means.dtype == torch.float32 and torch.equal(g32.means, 2.0 * torch.stack([ang32.cos(), ang32.sin()], 1))
+    small = ring_mixture(k=3, radius=1.5, std=0.1)
+    assert small.means.shape == (3, 2) and torch.allclose(small.means.norm(dim=1), torch.full((3,), 1.5, dtype=torch.float64))
+    for kw, match in (({"k": 0}, "k must be a positive integer"), ({"radius": -1.0}, "radius must be a positive"),
+                      ({"std": float("nan")}, "std must be a positive"), ({"dtype": torch.int64}, "floating torch dtype")):
+        with pytest.raises((ValueError, TypeError), match=match):
+            ring_mixture(**kw)

@@ -20,7 +20,8 @@ from unigen.bench import (
     sweep,
     trained_problem,
 )
-from unigen.bench.harness import SolverSpec, choose_steps
+from unigen import process as P
+from unigen.bench.harness import PROCESS_KINDS, SolverSpec, choose_steps, make_process
 from unigen.solvers import DDIM, DPMSolverPP, Heun
 
 ROOT = pathlib.Path(__file__).resolve().parents[1]
@@ -409,3 +410,26 @@ def test_plot_ticks_are_plain_numbers():
     assert labels and "4" in labels and "20" in labels
     bad = [s for s in labels if not re.fullmatch(r"[0-9]+(\.[0-9]+)?(e-?[0-9]+)?", s)]
     assert not bad, bad  # no "4x10^0", no mathtext
+
+
+def test_make_process_reads_the_registry():
+    for kind in PROCESS_KINDS:
+        make_process(kind)
+    vp, param = make_process("vp")
+    assert type(vp) is P.VPLinear and param == "eps"
+    fm, param = make_process("fm")
+    assert type(fm) is P.REGISTRY["FlowMatching"] and param == "velocity"
+    ddpm, param = make_process("ddpm")
+    assert ddpm.to_config() == P.process_examples()["vp_discrete"].to_config() and param == "eps"
+    assert make_process("vp_discrete_zsnr")[1] == "velocity"  # zero terminal SNR: alpha = 0 at the start
+    assert make_process("VPCosine")[1] == "eps"  # sampling starts at 0.9946, where alpha > 0
+    assert make_process("cosine")[1] == "velocity"
+    with pytest.raises(ValueError, match=r"unknown process kind 'vpp'; valid kinds are .*ddpm.*vp_discrete_zsnr"):
+        make_process("vpp")
+    assert gmm_problem(2, "ve").name == "gmm2-ve"
+
+
+def test_bench_progress_falls_back_to_the_counter_line(monkeypatch, capsys):
+    monkeypatch.setitem(sys.modules, "tqdm.auto", None)  # as if tqdm were not installed
+    sweep(gmm_problem(2, "vp"), [SolverSpec("DDIM", DDIM)], nfe_budgets=[4], n_samples=64, seed=0, progress=True)
+    assert re.search(r"\rgmm2-vp: (\d+)/\1\n$", capsys.readouterr().err)

@@ -4,6 +4,8 @@ import pytest
 import torch
 
 import unigen.verify as V
+from unigen import cli
+from unigen import process as P
 from unigen.cli import main
 
 
@@ -184,9 +186,9 @@ def test_cli_schedules_and_processes(tmp_path, capsys):
     assert set(cli.SCHEDULES) < set(ug.SCHEDULES)
     for name in ("vp", "ve", "edm"):
         for schedule in cli.SCHEDULES:
-            assert ug.make_grid(cli._make_process(name), schedule, 4).shape == (5,)
+            assert ug.make_grid(cli.make_process(name), schedule, 4).shape == (5,)
     with pytest.raises(ValueError, match="VP.discrete"):
-        ug.make_grid(cli._make_process("vp"), "leading", 4)
+        ug.make_grid(cli.make_process("vp"), "leading", 4)
     args = ["sample", "--process", "fm", "--schedule", "logsnr", "--n", "10", "--out", str(tmp_path / "x.png")]
     assert main(args) == 2
     assert "valid --schedule values for --process fm are uniform and quadratic" in capsys.readouterr().err
@@ -279,8 +281,8 @@ def test_cli_rules_match_the_library(tmp_path):
     from unigen.parametrization import PARAMETRIZATIONS
 
     for name in cli.PROCESSES:
-        process, ok = cli._make_process(name), cli.valid_params(name)
-        gm = cli._gmm()
+        process, ok = cli.make_process(name), cli.valid_params(name)
+        gm = ug.analytic.ring_mixture(dtype=torch.float32)
         for param in PARAMETRIZATIONS:
             try:
                 ug.sample(gm.model(process, param), "Euler", steps=2, shape=(3, 2), dtype=torch.float32)
@@ -288,6 +290,31 @@ def test_cli_rules_match_the_library(tmp_path):
             except ValueError:
                 works = False
             assert works == (param in ok), (name, param)
+
+
+def test_process_choices_come_from_the_registry(capsys):
+    """--process lists the first alias of every registered class that builds from its defaults."""
+    assert cli.PROCESSES == cli.process_choices()
+    assert {"fm": "FlowMatching", "vp": "VPLinear", "ve": "VE", "edm": "EDM"}.items() <= cli.PROCESSES.items()
+    assert set(cli.PROCESSES.values()) == {n for n, c in P.REGISTRY.items() if c.aliases and n not in ("VPDiscrete", "Affine")}
+    for name, cls_name in cli.PROCESSES.items():
+        assert type(cli.make_process(name)) is P.REGISTRY[cls_name]
+    with pytest.raises(cli.CLIError, match="unknown --process 'vpp'; valid names are cosine, edm, fm"):
+        cli.make_process("vpp")
+    assert _exit_code(["sample", "--process", "vp_discrete"]) == 2
+    assert "--process" in capsys.readouterr().err
+    help_text = cli.build_parser()._subparsers._group_actions[0].choices["sample"].format_help()
+    assert "vp = VPLinear" in help_text and "subvp = SubVP" in help_text
+
+
+@pytest.mark.parametrize("process", ["subvp", "vp_cosine", "cosine"])
+def test_sample_with_the_processes_the_registry_adds(process, tmp_path, capsys):
+    param = cli.valid_params(process)[0]
+    out = tmp_path / "s.png"
+    rc = main(["sample", "--process", process, "--param", param, "--steps", "3", "--n", "20", "--out", str(out),
+               "--no-progress"])
+    assert rc == 0, capsys.readouterr().err
+    assert out.exists() or out.with_suffix(".pt").exists()
 
 
 @pytest.mark.parametrize("argv, names", [
@@ -323,7 +350,7 @@ def test_plot_title_and_reference_overlay(tmp_path, monkeypatch, capsys):
     (fig,) = seen
     (ax,) = fig.axes
     title = ax.get_title()
-    for word in ("VP.linear", "eps", "Heun", "logsnr schedule", "3 steps", f"NFE {nfe}"):
+    for word in ("VPLinear", "eps", "Heun", "logsnr schedule", "3 steps", f"NFE {nfe}"):
         assert word in title, title
     reference, samples = ax.collections  # the exact samples under the samples
     assert reference.get_alpha() < samples.get_alpha() and len(reference.get_offsets()) == 50

@@ -25,7 +25,7 @@ from ._utils import as_time, check_time_shape, expand_like
 from .noise import randn
 from .parametrization import PathCoefficients, check_parametrization
 
-__all__ = ["GaussianMixture"]
+__all__ = ["GaussianMixture", "ring_mixture"]
 
 
 class GaussianMixture:
@@ -208,3 +208,21 @@ class GaussianMixture:
         r0 = torch.sqrt(a0 * a0 * s2 + expand_like(process.sigma(t0), z) ** 2)
         r1 = torch.sqrt(a1 * a1 * s2 + expand_like(process.sigma(t1), z) ** 2)
         return a1 * mu + (r1 / r0) * (z - a0 * mu)
+
+
+def ring_mixture(k: int = 8, radius: float = 2.0, std: float = 0.3, dtype=torch.float64) -> GaussianMixture:
+    """The "eight Gaussians" oracle: ``k`` equal isotropic Gaussians (``std``) centred on the
+    circle of ``radius`` at the angles 2 pi i / k, computed in ``dtype``.
+
+    The defaults are the exact mixture of ``unigen verify``, ``unigen sample --data gmm`` and the
+    2-D problems of :mod:`unigen.bench` (they all build it here)."""
+    if isinstance(k, bool) or not isinstance(k, int) or k < 1:
+        raise ValueError(f"k must be a positive integer, got {k!r}")
+    for name, v in (("radius", radius), ("std", std)):
+        if isinstance(v, bool) or not isinstance(v, (int, float)) or not (math.isfinite(v) and v > 0):
+            raise ValueError(f"{name} must be a positive finite number, got {v!r}")
+    if not (isinstance(dtype, torch.dtype) and dtype.is_floating_point):
+        raise TypeError(f"dtype must be a floating torch dtype, got {dtype!r}")
+    ang = torch.arange(k, dtype=dtype) * 2 * math.pi / k
+    means = radius * torch.stack([ang.cos(), ang.sin()], 1)
+    return GaussianMixture(means, torch.full((k,), std, dtype=dtype))

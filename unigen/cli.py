@@ -16,6 +16,11 @@ import sys
 import textwrap
 
 from . import __version__
+from .analytic import ring_mixture
+from .process import REGISTRY as PROCESS_REGISTRY
+from .process import get_process
+from .progress import progress_bar
+from .schedules import sample_range
 
 EPILOG = """examples:
   unigen verify                       # every claim: setting, max error, tolerance, PASS/FAIL
@@ -78,53 +83,21 @@ def help_examples(command: str | None = None) -> list:
 # diffusers' leading/trailing/linspace spacings need a VP.discrete table, which no --process here is
 SCHEDULES = ("uniform", "logsnr", "karras", "quadratic")
 DATA = ("gmm", "moons", "checkerboard", "swiss_roll", "eight_gaussians", "digits")
-PROCESSES = {"fm": "FlowMatching", "vp": "VP.linear", "ve": "VE", "edm": "EDM"}
 
 
-# ---------------------------------------------------------------------------------------
-# progress on stderr
-# ---------------------------------------------------------------------------------------
-class _Counter:
-    """The fallback when tqdm is not installed: one ``desc: i/total`` line, rewritten in place."""
-
-    def __init__(self, total: int, desc: str):
-        self.total, self.desc, self.n, self.note = total, desc, 0, ""
-
-    def _show(self):
-        note = f"  {self.note}" if self.note else ""
-        print(f"\r{self.desc}: {self.n}/{self.total}{note}", end="", file=sys.stderr, flush=True)
-
-    def update(self, k: int = 1):
-        self.n += k
-        self._show()
-
-    def set_postfix_str(self, s: str):
-        self.note = s
-
-    def close(self):
-        print(file=sys.stderr, flush=True)
+def process_choices() -> dict:
+    """The --process names, read from ``unigen.process.REGISTRY``: the first alias of every
+    registered process class that builds from its defaults, mapped to its class name (a DDPM
+    table or an Affine path needs arguments the command line does not take)."""
+    out = {}
+    for name, cls in PROCESS_REGISTRY.items():
+        params = inspect.signature(cls).parameters.values()
+        if cls.aliases and all(p.default is not p.empty or p.kind in (p.VAR_POSITIONAL, p.VAR_KEYWORD) for p in params):
+            out[cls.aliases[0]] = name
+    return out
 
 
-class _Silent:
-    def update(self, k: int = 1):
-        pass
-
-    def set_postfix_str(self, s: str):
-        pass
-
-    def close(self):
-        pass
-
-
-def progress_bar(total: int, desc: str, enabled: bool):
-    """A bar with ``update``, ``set_postfix_str`` and ``close`` on stderr (tqdm when installed)."""
-    if not enabled:
-        return _Silent()
-    try:
-        from tqdm.auto import tqdm
-    except ImportError:
-        return _Counter(total, desc)
-    return tqdm(total=total, desc=desc, file=sys.stderr, dynamic_ncols=True)
+PROCESSES = process_choices()
 
 
 def _show_progress(args) -> bool:
@@ -187,10 +160,11 @@ def _bench(args) -> int:
     return 0
 
 
-def _make_process(name: str):
-    from . import process as P
-
-    return {"fm": P.FlowMatching, "vp": P.VP.linear, "ve": P.VE, "edm": P.EDM}[name]()
+def make_process(name: str):
+    """The process a --process name stands for, built with its defaults (see :func:`process_choices`)."""
+    if name not in PROCESSES:
+        raise CLIError(f"unknown --process {name!r}; valid names are {', '.join(sorted(PROCESSES))}")
+    return get_process(name)
 
 
 def _fail(command: str, message: str) -> int:
@@ -224,7 +198,7 @@ TRAIN_STEPS = 3000
 def _alpha_at_start(process) -> float:
     import torch
 
-    return float(process.alpha(torch.tensor(process.t_max, dtype=torch.float64)))
+    return float(process.alpha(torch.tensor(sample_range(process)[0], dtype=torch.float64)))
 
 
 def valid_params(process_name: str) -> list:
@@ -233,7 +207,7 @@ def valid_params(process_name: str) -> list:
     about the data, so only x0, v and velocity remain."""
     from .parametrization import PARAMETRIZATIONS
 
-    if _alpha_at_start(_make_process(process_name)) == 0.0:
+    if _alpha_at_start(make_process(process_name)) == 0.0:
         return [p for p in PARAMETRIZATIONS if p not in ("eps", "score", "denoiser")]
     return list(PARAMETRIZATIONS)
 
@@ -245,7 +219,7 @@ def valid_schedules(process_name: str) -> list:
     ok = []
     for name in SCHEDULES:
         try:
-            make_grid(_make_process(process_name), name, 4)
+            make_grid(make_process(process_name), name, 4)
         except ValueError:
             continue
         ok.append(name)
@@ -374,18 +348,17 @@ def reference_samples(args, n: int):
 
     gen = torch.Generator().manual_seed(args.seed + 1_000_003)
     if args.data == "gmm":
-        return _gmm().sample(n, generator=gen).to(torch.float32)
+        return ring_mixture(dtype=torch.float32).sample(n, generator=gen).to(torch.float32)
     data = "two_moons" if args.data == "moons" else args.data
     return train.DATASETS[data](n, gen, dtype=torch.float32)
 
 
 def _gmm():
+    """The --data gmm oracle in float32 (kept for benchmarks/cli_examples.py: use
+    ``unigen.analytic.ring_mixture(dtype=torch.float32)``)."""
     import torch
 
-    from .analytic import GaussianMixture
-
-    ang = torch.arange(8, dtype=torch.float32) * (2 * torch.pi / 8)
-    return GaussianMixture(2.0 * torch.stack([ang.cos(), ang.sin()], 1), torch.full((8,), 0.3))
+    return ring_mixture(dtype=torch.float32)
 
 
 _ARTICLE = {"eps": "an", "x0": "an", "v": "a", "score": "a", "velocity": "a", "denoiser": "a"}
@@ -436,12 +409,12 @@ def draw_samples(args, show: bool = False):
     from .schedules import default_schedule
 
     torch.manual_seed(args.seed)
-    process = _make_process(args.process)
+    process = make_process(args.process)
     gen = torch.Generator().manual_seed(args.seed)
     small = args.data != "digits"
     with _OneThread() if small else _NoOp():
         if args.data == "gmm":  # the exact oracle: eight modes on a circle
-            model, shape = _gmm().model(process, args.param), (args.n, 2)
+            model, shape = ring_mixture(dtype=torch.float32).model(process, args.param), (args.n, 2)
         else:
             try:
                 model = _train(args, process, gen, show)

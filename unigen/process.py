@@ -910,11 +910,15 @@ def get_process(name, **kwargs) -> Process:
 
 
 def process_examples(classes=None) -> dict:
-    """``{label: instance}`` over every registered class's :meth:`Process.examples` (or those of
-    ``classes``): the representative processes the test suite and ``unigen verify`` run over.
-    Raises ValueError where two classes use one label or an example is not of its class."""
+    """``{label: instance}`` over the :meth:`Process.examples` of ``classes`` (default: every
+    registered class defined in this module, i.e. the built-in processes; pass
+    ``REGISTRY.values()`` for all): the representative processes the test suite and
+    ``unigen verify`` run over. Raises ValueError where two classes use one label or an example
+    is not of its class."""
+    if classes is None:
+        classes = [c for c in REGISTRY.values() if c.__module__ == __name__]
     out = {}
-    for cls in REGISTRY.values() if classes is None else classes:
+    for cls in classes:
         for label, p in cls.examples().items():
             if type(p) is not cls:
                 raise ValueError(f"{cls.__name__}.examples() returned a {type(p).__name__} under {label!r}; "

@@ -18,7 +18,7 @@ from typing import Callable
 import torch
 
 from . import process as P
-from .analytic import GaussianMixture
+from .analytic import GaussianMixture, ring_mixture
 from .parametrization import PARAMETRIZATIONS, convert
 
 __all__ = ["Claim", "CLAIMS", "claim", "run_claims", "format_table"]
@@ -58,27 +58,21 @@ def claim(name: str, setting: str, tol: float):
 
 
 def processes() -> dict[str, P.Process]:
-    return {
-        "VP.linear": P.VP.linear(),
-        "VP.cosine": P.VP.cosine(),
-        "VP.discrete": P.VP.discrete(torch.linspace(1e-4, 0.02, 1000, dtype=torch.float64)),
-        "SubVP": P.SubVP(),
-        "VE": P.VE(),
-        "EDM": P.EDM(),
-        "FlowMatching": P.FlowMatching(),
-        "Cosine": P.Cosine(),
-    }
+    """The processes the claims run over: every built-in process class's examples
+    (:func:`unigen.process.process_examples`), by label."""
+    return P.process_examples()
 
 
 def oracle(dim: int = 2, k: int = 8, seed: int = 0) -> GaussianMixture:
     """Seeded mixture used by the claims (8 modes on a circle in 2-D, random otherwise)."""
-    g = torch.Generator().manual_seed(seed)
     if dim == 2:
-        ang = torch.arange(k, dtype=torch.float64) * 2 * math.pi / k
-        means = 2.0 * torch.stack([ang.cos(), ang.sin()], 1)
-        return GaussianMixture(means, torch.full((k,), 0.3, dtype=torch.float64))
+        return ring_mixture(k)
+    g = torch.Generator().manual_seed(seed)
     means = torch.randn(k, dim, generator=g, dtype=torch.float64)
     return GaussianMixture(means, 0.2 + 0.5 * torch.rand(k, generator=g, dtype=torch.float64))
+
+
+_N = len(processes())
 
 
 def _shared_times(A, B, n=8):
@@ -92,7 +86,7 @@ def _rel(a, b):
     return float(((a - b).abs() / (1 + b.abs())).max())
 
 
-@claim("conversion round trips", "36 (src, dst) pairs x 8 processes, float64", 1e-10)
+@claim("conversion round trips", f"36 (src, dst) pairs x {_N} processes, float64", 1e-10)
 def conversion_round_trips() -> float:
     g = torch.Generator().manual_seed(0)
     worst = 0.0
@@ -106,7 +100,7 @@ def conversion_round_trips() -> float:
     return worst
 
 
-@claim("Tweedie: oracle score == autograd grad log p_t", "GMM 2-D, 8 processes", 1e-8)
+@claim("Tweedie: oracle score == autograd grad log p_t", f"GMM 2-D, {_N} processes", 1e-8)
 def tweedie() -> float:
     gm = oracle()
     worst = 0.0
@@ -119,7 +113,7 @@ def tweedie() -> float:
     return worst
 
 
-@claim("Model.to(B, P) == oracle built for B in P", "8 x 8 process pairs x 6 parametrizations", 1e-10)
+@claim("Model.to(B, P) == oracle built for B in P", f"{_N} x {_N} process pairs x 6 parametrizations", 1e-10)
 def model_to_exact() -> float:
     gm = oracle()
     procs = processes()
@@ -273,7 +267,7 @@ def likelihood_closed_form() -> float:
     return worst
 
 
-@claim("every training target is a weighted eps-MSE: loss(weighting=P) == ||P_hat - P||^2", "6 targets x 8 processes, per sample", 1e-10)
+@claim("every training target is a weighted eps-MSE: loss(weighting=P) == ||P_hat - P||^2", f"6 targets x {_N} processes, per sample", 1e-10)
 def losses_are_weighted_eps_mse() -> float:
     from .losses import loss, target_mse
 

@@ -50,9 +50,10 @@ from dataclasses import dataclass, field
 import torch
 
 from .. import process as P
-from ..analytic import GaussianMixture
+from ..analytic import GaussianMixture, ring_mixture
 from ..calibration import ode_endpoint
 from ..sample import sample
+from ..progress import progress_bar
 from ..schedules import default_schedule, make_grid, sample_range
 from ..solvers import REGISTRY
 from .metrics import endpoint_rmse, median_bandwidth, rbf_mmd2, sliced_wasserstein2
@@ -69,6 +70,7 @@ __all__ = [
     "default_solvers",
     "get_problem",
     "gmm_problem",
+    "make_process",
     "item_generators",
     "nll",
     "optimized",
@@ -78,7 +80,8 @@ __all__ = [
 ]
 
 DEFAULT_BUDGETS = (4, 6, 8, 10, 15, 20, 50, 100)
-PROCESS_KINDS = ("vp", "fm", "ddpm")
+PROCESS_KINDS = ("vp", "fm", "ddpm")  # the kinds a full sweep runs (make_process takes any registered process)
+KIND_ALIASES = {"ddpm": "vp_discrete"}  # problem-name kind -> unigen.process example label
 REFERENCE_TOL = 1e-10
 FLOOR_DRAWS = 16  # independent data sets behind the SW2 floor's mean and standard deviation
 NLL_TOL = 1e-7
@@ -89,22 +92,32 @@ DIGITS_HELD_OUT = 600  # digits images kept out of training (the first ones of t
 DIGITS_BIN = 0.125  # digits take the 17 values k/8 - 1: dequantisation bin width
 
 
-def _make_process(kind: str):
-    if kind == "vp":
-        return P.VP.linear(), "eps"
-    if kind == "fm":
-        return P.FlowMatching(), "velocity"
-    if kind == "ddpm":
-        return P.VP.discrete(torch.linspace(1e-4, 0.02, 1000, dtype=torch.float64)), "eps"
-    raise ValueError(f"process must be one of {', '.join(PROCESS_KINDS)}, got {kind!r}")
+def make_process(kind: str):
+    """``(process, parametrization)`` of a problem kind, read from the process registry: an example
+    label of :func:`unigen.process.process_examples` ("vp_discrete", "vp_discrete_zsnr", ...),
+    "ddpm" (= "vp_discrete": DDPM's 1000-step linear beta table) or any name
+    :func:`unigen.process.get_process` builds from its defaults ("vp", "fm", "ve", "edm", "VPCosine",
+    ...). The parametrization of the exact model: eps, or velocity where sampling starts from pure
+    noise (alpha = 0 at the start, e.g. flow matching)."""
+    examples = P.process_examples()
+    label = KIND_ALIASES.get(kind, kind)
+    if label in examples:
+        proc = examples[label]
+    else:
+        try:
+            proc = P.get_process(kind)
+        except (TypeError, ValueError):
+            names = sorted(set(examples) | set(KIND_ALIASES) | {n for n, c in P.process_names().items() if n in c.aliases})
+            raise ValueError(f"unknown process kind {kind!r}; valid kinds are {', '.join(names)} (or a registered "
+                             "class name)") from None
+    alpha0 = float(proc.alpha(torch.tensor(sample_range(proc)[0], dtype=torch.float64)))
+    return proc, ("velocity" if alpha0 == 0.0 else "eps")
 
 
 def _mixture(dim: int, k: int, seed: int) -> GaussianMixture:
     """8 modes on a circle of radius 2 (std 0.3) in 2-D; a seeded random mixture otherwise."""
     if dim == 2:
-        ang = torch.arange(k, dtype=torch.float64) * 2 * math.pi / k
-        means = 2.0 * torch.stack([ang.cos(), ang.sin()], 1)
-        return GaussianMixture(means, torch.full((k,), 0.3, dtype=torch.float64))
+        return ring_mixture(k)
     g = torch.Generator().manual_seed(seed)
     means = torch.randn(k, dim, generator=g, dtype=torch.float64)
     stds = 0.2 + 0.5 * torch.rand(k, generator=g, dtype=torch.float64)
@@ -216,13 +229,14 @@ class Problem:
 def gmm_problem(dim: int = 2, process: str = "vp", k: int = 8, seed: int = 0) -> Problem:
     """The benchmark problem ``gmm{dim}-{process}``: an exact K-mode Gaussian-mixture model.
 
-    ``process``: "vp" (VP.linear, eps model), "fm" (FlowMatching, velocity model) or "ddpm"
-    (VP.discrete over a 1000-step linear beta table, eps model). ``dim`` = 2 gives 8 modes on a
-    circle; any other dimension a seeded random mixture (means N(0, I), stds in [0.2, 0.7]).
+    ``process``: a kind of :func:`make_process`, e.g. "vp" (VP.linear, eps model), "fm"
+    (FlowMatching, velocity model) or "ddpm" (VP.discrete over a 1000-step linear beta table, eps
+    model). ``dim`` = 2 gives 8 modes on a circle (:func:`unigen.analytic.ring_mixture`); any other
+    dimension a seeded random mixture (means N(0, I), stds in [0.2, 0.7]).
     """
     if isinstance(dim, bool) or not isinstance(dim, int) or dim < 1:
         raise ValueError(f"dim must be a positive integer, got {dim!r}")
-    proc, param = _make_process(process)
+    proc, param = make_process(process)
     gm = _mixture(dim, k, seed)
     draw = lambda n, g: gm.sample(n, generator=g, dtype=torch.float64)  # noqa: E731
     return Problem(f"gmm{dim}-{process}", proc, gm.model(proc, param), process, default_schedule(proc),
@@ -247,7 +261,7 @@ def trained_problem(data: str, process: str = "fm", param: str | None = None, tr
     cli_name = {v: k for k, v in TOY_DATA.items()}.get(data, data)
     if cli_name not in TOY_DATA:
         raise ValueError(f"unknown data {data!r}; valid names are {', '.join(TOY_DATA)}")
-    proc, default_param = _make_process(process)
+    proc, default_param = make_process(process)
     param = param or default_param
     is_digits = cli_name == "digits"
     steps = train_steps or (1500 if is_digits else 500)
@@ -491,16 +505,6 @@ def _schedule_label(schedule) -> str:
     return getattr(schedule, "__name__", type(schedule).__name__)
 
 
-def _progress(total: int, enabled: bool, desc: str):
-    if not enabled:
-        return None
-    try:
-        from tqdm.auto import tqdm
-    except ImportError:
-        return None
-    return tqdm(total=total, desc=desc, leave=False)
-
-
 def sweep(
     problem: Problem,
     solvers=None,
@@ -532,7 +536,8 @@ def sweep(
         nll_methods: torchdiffeq fixed-step methods for the NLL-vs-NFE rows (subset of NLL_METHODS).
         nll_accurate: also the accurate (dopri5) NLL; an oracle may skip it (its errors are
             against the closed form), a trained problem always runs it.
-        progress: a tqdm bar over the runs (if tqdm is installed).
+        progress: a progress bar over the runs on stderr (:func:`unigen.progress.progress_bar`: tqdm
+            when installed, else a counter line).
         runner: where sampling runs (default :class:`LocalRunner`); with a sharding runner only
             the main rank computes metrics and gets the records (the others get []).
     """
@@ -603,7 +608,7 @@ def sweep(
 
     todo = [(spec, b) for spec in specs for b in nfe_budgets]
     todo_nll = [(m, b) for m in (nll_methods if nll_samples else ()) for b in nfe_budgets]
-    bar = _progress(len(todo) + len(todo_nll), progress and main, problem.name)
+    bar = progress_bar(len(todo) + len(todo_nll), problem.name, progress and main, leave=False)
     for spec, budget in todo:
         rec = _run_solver(problem, spec, budget, schedules, z, gens, seed, runner, say, base)
         if rec is not None and main:
@@ -621,8 +626,7 @@ def sweep(
                 rec.update(rmse=rmse, sw2=sw(x, end) if ok else math.inf,
                            mmd2=rbf_mmd2(x, target(end), bws) if ok else math.inf, **_endpoint(problem, end))
             records.append(rec)
-        if bar is not None:
-            bar.update()
+        bar.update()
     for method, budget in todo_nll:
         steps = budget // NLL_METHODS[method]
         if steps >= 1:
@@ -634,10 +638,8 @@ def sweep(
                                     steps=steps, nfe=int(nfe), stochastic=False, rmse=None, sw2=None, mmd2=None, nll=v,
                                     nll_err=v - nll_target if math.isfinite(v) else math.inf,
                                     seconds=time.perf_counter() - t0))
-        if bar is not None:
-            bar.update()
-    if bar is not None:
-        bar.close()
+        bar.update()
+    bar.close()
     return records
 
 
