@@ -23,8 +23,8 @@ Wall times: ``cold_s`` is the whole command with an empty cache (training, sampl
 the 2-D toy models (what the CLI uses for them); other engineers' jobs on a shared machine
 slow both down.
 
-    python benchmarks/cli_examples.py                 # writes benchmarks/results/cli_examples.json
-    python benchmarks/cli_examples.py --only moons    # examples whose command line contains "moons"
+    python -m benchmarks.cli_examples                 # writes benchmarks/results/cli_examples.json
+    python -m benchmarks.cli_examples --only moons    # examples whose command line contains "moons"
 """
 
 from __future__ import annotations

@@ -19,10 +19,10 @@ uses the most steps whose real model-call count fits the budget and reports
 
 Usage (from the repository root)::
 
-    python benchmarks/nfe_quality.py --quick          # 2-D oracles + a tiny moons model, 5 solvers
-    python benchmarks/nfe_quality.py                  # every problem and registered solver
-    python benchmarks/nfe_quality.py --problems gmm2-vp gmm16-fm moons-fm digits-fm --samples 500
-    torchrun --nproc_per_node=2 benchmarks/nfe_quality.py --distributed --quick   # sharded sampling
+    python -m benchmarks.nfe_quality --quick          # 2-D oracles + a tiny moons model, 5 solvers
+    python -m benchmarks.nfe_quality                  # every problem and registered solver
+    python -m benchmarks.nfe_quality --problems gmm2-vp gmm16-fm moons-fm digits-fm --samples 500
+    torchrun --nproc_per_node=2 -m benchmarks.nfe_quality --distributed --quick   # sharded sampling
 
 Writes JSON to ``benchmarks/results/nfe_quality.json`` (or ``--out``) and one log-log PNG per
 problem next to it (``nfe_quality_<problem>.png``) when matplotlib is installed.
@@ -34,16 +34,13 @@ import argparse
 import pathlib
 import sys
 
+import torch
+
+from unigen.bench import default_solvers, optimized, quick_solvers
+from unigen.bench.harness import DEFAULT_BUDGETS, PROCESS_KINDS
+from unigen.bench.report import run
+
 ROOT = pathlib.Path(__file__).resolve().parents[1]
-if str(ROOT) not in sys.path:
-    sys.path.insert(0, str(ROOT))
-
-import torch  # noqa: E402
-
-from unigen.bench import default_solvers, optimized, quick_solvers  # noqa: E402
-from unigen.bench.harness import DEFAULT_BUDGETS, PROCESS_KINDS  # noqa: E402
-from unigen.bench.report import run  # noqa: E402
-
 TRAINED = ["moons-fm", "checkerboard-vp", "digits-fm"]
 QUICK_TRAINED = {"moons-fm": 150}  # a tiny model (a couple of seconds of training)
 # 64-D and digits: the cheaper half of the solver list (every family kept), to bound the full run's time
@@ -51,7 +48,6 @@ DIGITS = ["DDIM", "Heun", "DPMSolverPP(2M)", "DPMSolverPP(3M)", "UniPC(3)", "DDP
 REDUCED = ["DDIM", "Euler", "Heun", "Heun(sigma, karras)", "DPMSolver(2M)", "DPMSolverPP(2M)", "DPMSolverPP(3M)",
            "DPMSolverPP(2S)", "UniPC(2)", "UniPC(3)", "DEIS(3)", "DDPM", "DDIM(eta=1)", "EDMStochastic(churn=10)",
            "SDEDPMSolverPP(2)", "PredictorCorrector"]
-
 
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[1])

@@ -8,14 +8,14 @@ optimised for that solver and model by ``unigen.optimize_schedule`` (tuned on a 
 calibration batch against the dopri5 endpoint of the same PF-ODE). Metric: endpoint RMSE
 against the dopri5 (rtol 1e-10) solve from the held-out noise, as in ``nfe_quality.py``.
 
-When ``benchmarks/results/peers.json`` exists (``benchmarks/peers.py``), the best peer's
+When ``benchmarks/results/peers.json`` exists (``python -m benchmarks.peers``), the best peer's
 RMSE at the same NFE is printed beside unigen's best, with the ratio (the issue's target at
 NFE 10: <= 0.5).
 
 Usage (from the repository root)::
 
-    python benchmarks/optimized_schedules.py --quick      # 2-D VP, NFE 10, two solvers (< 1 min)
-    python benchmarks/optimized_schedules.py              # 2-D and 16-D x vp/fm/ddpm, NFE 6/10/20
+    python -m benchmarks.optimized_schedules --quick      # 2-D VP, NFE 10, two solvers (< 1 min)
+    python -m benchmarks.optimized_schedules              # 2-D and 16-D x vp/fm/ddpm, NFE 6/10/20
 """
 
 from __future__ import annotations
@@ -26,17 +26,14 @@ import pathlib
 import sys
 import time
 
+import torch
+
+from unigen import optimize_schedule, sample
+from unigen.bench import choose_steps, endpoint_rmse, gmm_problem
+from unigen.schedules import sample_range
+from unigen.solvers import REGISTRY
+
 ROOT = pathlib.Path(__file__).resolve().parents[1]
-if str(ROOT) not in sys.path:
-    sys.path.insert(0, str(ROOT))
-
-import torch  # noqa: E402
-
-from unigen import optimize_schedule, sample  # noqa: E402
-from unigen.bench import choose_steps, endpoint_rmse, gmm_problem  # noqa: E402
-from unigen.schedules import sample_range  # noqa: E402
-from unigen.solvers import REGISTRY  # noqa: E402
-
 SOLVERS = {
     "UniPC(3)": lambda: REGISTRY["UniPC"](order=3),
     "UniPC(2)": lambda: REGISTRY["UniPC"](order=2),

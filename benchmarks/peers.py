@@ -1,4 +1,3 @@
-#!/usr/bin/env python
 r"""unigen side by side with diffusers, k-diffusion and flow_matching on exact oracles.
 
 Every library samples the SAME problem from the SAME starting noise, in float64:
@@ -20,7 +19,7 @@ Peers and how they are driven
   ``FlowMatchEulerDiscreteScheduler`` runs on "fm": its sigma is unigen's FM time t
   (alpha = 1 - t, sigma = t), its timestep 1000 t, and its model output ``noise - x`` is
   unigen's velocity dz/dt.
-* k-diffusion samplers (its ``sampling.py`` only, loaded as ``speed.py`` does) on every
+* k-diffusion samplers (its ``sampling.py`` only, loaded by ``benchmarks.peer_samplers``) on every
   problem, with ``to_kdiffusion_denoiser(problem.model)``; k-diffusion's state is x = z/alpha
   and its sigmas the VE levels sigma/alpha of a unigen grid with the trailing 0: k-diffusion's
   own ``get_sigmas_karras`` (rho 7) between the denoiser's sigma_min and sigma_max, and the
@@ -49,8 +48,8 @@ MMD^2 (``unigen.bench.metrics``) against exact samples with the exact-vs-exact f
 
 Usage (repository root, in an environment with the peers)::
 
-    python benchmarks/peers.py            # dims 2 16, all processes, budgets 4..50, n = 500
-    python benchmarks/peers.py --quick    # dim 2, budgets 8 10, a few samplers, n = 200 (< 1 min)
+    python -m benchmarks.peers            # dims 2 16, all processes, budgets 4..50, n = 500
+    python -m benchmarks.peers --quick    # dim 2, budgets 8 10, a few samplers, n = 200 (< 1 min)
 """
 
 from __future__ import annotations
@@ -70,16 +69,8 @@ from pathlib import Path
 import numpy as np
 import torch
 
-ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-try:
-    import unigen as ug
-except ImportError:  # a checkout without an installed package
-    sys.path.insert(0, str(ROOT))
-    import unigen as ug
-
-from speed import load_kdiffusion
-
+import unigen as ug
+from benchmarks.peer_samplers import load_diffusers, load_flow_matching, load_kdiffusion
 from unigen.bench import gmm_problem
 from unigen.bench.metrics import (
     endpoint_rmse,
@@ -91,6 +82,7 @@ from unigen.interop import diffusers_betas, to_kdiffusion_denoiser
 from unigen.schedules import default_schedule, make_grid, sample_range
 from unigen.solvers import Dynamics, Grid
 
+ROOT = Path(__file__).resolve().parents[1]
 F64 = torch.float64
 FULL_BUDGETS = (4, 6, 8, 10, 15, 20, 50)
 QUICK_BUDGETS = (8, 10)
@@ -177,15 +169,6 @@ def _unigen_twin(solver_fn, model_fn=None):
 # ---------------------------------------------------------------------------------------
 # diffusers
 # ---------------------------------------------------------------------------------------
-def load_diffusers():
-    try:
-        import diffusers
-    except Exception as e:  # noqa: BLE001 - ImportError or a broken optional dependency
-        return None, f"diffusers unavailable: {type(e).__name__}: {e}"
-    diffusers.utils.logging.set_verbosity_error()
-    return diffusers, diffusers.__version__
-
-
 def float64_table(scheduler) -> None:
     """Give a beta-table scheduler its table in float64 (diffusers builds it in float32)."""
     betas = diffusers_betas(dict(scheduler.config))
@@ -416,14 +399,6 @@ def kdiffusion_peers(K) -> list[Peer]:
 # ---------------------------------------------------------------------------------------
 # flow_matching (Meta)
 # ---------------------------------------------------------------------------------------
-def load_flow_matching():
-    try:
-        from flow_matching.solver import ODESolver
-    except Exception as e:  # noqa: BLE001
-        return None, f"flow_matching unavailable: {type(e).__name__}: {e}"
-    return ODESolver, importlib.metadata.version("flow_matching")
-
-
 def _fm_view(problem):
     """(FM model, grid map): on "fm" the problem itself; on "vp" ``model.to(FlowMatching())`` at the
     equal-log-SNR times, z_fm = c z (``ug.time_change``)."""

@@ -1,21 +1,54 @@
-"""Benchmarks are not timed tests, but they must keep running: a tiny smoke run of each."""
+"""Benchmarks are not timed tests, but they must keep running: a tiny smoke run of each.
 
+The scripts form the package ``benchmarks`` and run as ``python -m benchmarks.<name>`` from the
+repository root; the tests import them the same way (pytest puts the root on sys.path:
+``pythonpath`` in pyproject.toml), with no path edits anywhere.
+"""
+
+import importlib
 import json
 import pathlib
+import re
 import subprocess
 import sys
 
+import pytest
+
 ROOT = pathlib.Path(__file__).resolve().parents[1]
+MODULES = ["benchmarks", "benchmarks.peer_samplers", "benchmarks.peers", "benchmarks.nfe_quality",
+           "benchmarks.optimized_schedules", "benchmarks.cli_examples", "benchmarks.speed",
+           "benchmarks.speed.common", "benchmarks.speed.cases", "benchmarks.speed.overhead",
+           "benchmarks.speed.throughput", "benchmarks.speed.compiled", "benchmarks.speed.model_share"]
+
+
+def _speed(*args, timeout=300):
+    """``python -m benchmarks.speed ARGS`` from the repository root, as the docs say to run it."""
+    cmd = [sys.executable, "-m", "benchmarks.speed", *args]
+    res = subprocess.run(cmd, capture_output=True, text=True, timeout=timeout, check=False, cwd=ROOT)
+    assert res.returncode == 0, res.stderr[-2000:]
+    return res
+
+
+@pytest.mark.parametrize("name", MODULES)
+def test_benchmark_modules_import_without_touching_sys_path(name):
+    before = list(sys.path)
+    importlib.import_module(name)
+    assert sys.path == before
+
+
+def test_no_sys_path_edits_in_benchmarks_or_tests():
+    edit = re.compile(r"sys\.path\.(insert|append|extend)\(|sys\.path\s*\+?=(?!=)")
+    offenders = [str(p.relative_to(ROOT)) for d in ("benchmarks", "tests") for p in sorted((ROOT / d).rglob("*.py"))
+                 if edit.search(p.read_text())]
+    assert offenders == []
 
 
 def test_speed_benchmark_smoke(tmp_path):
-    """Every section of benchmarks/speed.py at tiny sizes, unigen only."""
+    """Every section of ``python -m benchmarks.speed`` at tiny sizes, unigen only."""
     out = tmp_path / "speed.json"
-    cmd = [sys.executable, str(ROOT / "benchmarks" / "speed.py"), "--quick", "--no-peers", "--only", "DDIM",
-           "--steps", "20", "--batches", "8", "--repeats", "1", "--tp-batches", "8", "--tp-dims", "2",
-           "--compile-steps", "3", "--mf-width", "32", "--mf-steps", "3", "--mf-batch", "8", "--out", str(out)]
-    res = subprocess.run(cmd, capture_output=True, text=True, timeout=300, check=False)
-    assert res.returncode == 0, res.stderr[-2000:]
+    res = _speed("--quick", "--no-peers", "--only", "DDIM", "--steps", "20", "--batches", "8", "--repeats", "1",
+                 "--tp-batches", "8", "--tp-dims", "2", "--compile-steps", "3", "--mf-width", "32", "--mf-steps", "3",
+                 "--mf-batch", "8", "--out", str(out))
     data = json.loads(out.read_text())
     assert set(data) == {"meta", "overhead", "throughput", "compile", "model_fraction"}
     assert "| DDIM | unigen |" in res.stdout  # the overhead table
@@ -26,3 +59,18 @@ def test_speed_benchmark_smoke(tmp_path):
         assert max(r["agreement_rel_max_diff"] for r in ok) <= 1e-6
     fraction = data["model_fraction"]["rows"][0]
     assert 0.0 < fraction["fraction"] <= 1.0 and fraction["nfe"] == 3
+    assert data["overhead"]["first_call"]["rows"] == []  # --only DDIM: none of the row's algorithms
+
+    # the first-call setup row alone, merged into the overhead section already in the file
+    res = _speed("--sections", "overhead", "--first-call-only", "--update", "--quick", "--no-peers", "--only",
+                 "DPM++(2M)", "--fc-steps", "3,5", "--fc-repeats", "1", "--repeats", "1", "--out", str(out))
+    merged = json.loads(out.read_text())
+    assert set(merged) == set(data)
+    assert merged["overhead"]["results"] == data["overhead"]["results"]
+    rows = merged["overhead"]["first_call"]["rows"]
+    assert {(r["key"], r["steps"]) for r in rows} == {(k, n) for k in ("ug-dpmpp-edm", "ug-dpmpp-ddpm") for n in (3, 5)}
+    for r in rows:
+        assert "error" not in r, r
+        assert r["first_call_us"] > 0 and r["warm_call_us"] > 0 and r["grid_alone_us"] is None
+        assert r["new_model_same_process_minus_warm_us"] is not None
+    assert "## 1d. First-call setup" in res.stdout

@@ -1,4 +1,4 @@
-"""benchmarks/peers.py: unigen reproduces diffusers / k-diffusion / flow_matching runs, and every
+"""benchmarks.peers: unigen reproduces diffusers / k-diffusion / flow_matching runs, and every
 disagreement the benchmark reports is exactly the difference it names.
 
 Each test skips where its peer is not installed at all (never with UNIGEN_REQUIRE_PEERS=1); an
@@ -9,7 +9,6 @@ import itertools
 import json
 import math
 import sys
-from pathlib import Path
 
 import pytest
 import torch
@@ -20,11 +19,10 @@ from unigen.bench import gmm_problem
 
 F64 = torch.float64
 TOL = 1e-6
-BENCH = Path(__file__).resolve().parents[1] / "benchmarks"
 
 require("numpy")
-sys.path.insert(0, str(BENCH))
-import peers  # noqa: E402 - the benchmark under test: a broken import is a collection error, never a skip
+# the benchmark under test and its peer loader: a broken import is a collection error, never a skip
+from benchmarks import peer_samplers, peers  # noqa: E402
 
 
 def _rel(a, b):
@@ -48,15 +46,15 @@ def _need(module: str, load):
 
 
 def _kd():
-    return _need("k_diffusion", peers.load_kdiffusion)
+    return _need("k_diffusion", peer_samplers.load_kdiffusion)
 
 
 def _diffusers():
-    return _need("diffusers", peers.load_diffusers)
+    return _need("diffusers", peer_samplers.load_diffusers)
 
 
 def _ode_solver():
-    return _need("flow_matching", peers.load_flow_matching)
+    return _need("flow_matching", peer_samplers.load_flow_matching)
 
 
 def _peer(plist, sampler, grid_prefix=""):
