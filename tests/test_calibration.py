@@ -34,10 +34,10 @@ def test_nelder_mead_respects_the_budget_and_survives_infinite_values():
 
 @pytest.mark.parametrize("kind", ["vp", "fm", "ddpm"])
 def test_zero_logits_are_the_default_grid_and_any_logits_give_a_valid_grid(kind):
-    from unigen.bench.harness import _make_process
+    from unigen.bench.harness import make_process
     from unigen.schedules import default_schedule
 
-    process, _ = _make_process(kind)
+    process, _ = make_process(kind)
     base = default_schedule(process)
     for steps in (1, 3, 10):
         per = -(-4096 // steps)

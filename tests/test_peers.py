@@ -138,20 +138,14 @@ def test_float32_state_is_the_whole_gap(case, monkeypatch):
     assert rel64 < (1e-11 if cls is D.DPMSolverMultistepScheduler else min(1e-7, rel32 / 5))
 
 
-class _UniPCAlwaysLower(ug.UniPC):
-    """UniPC with diffusers' lower_order_final rule: order min(p, i + 1, n - i) at every step count."""
-
-    def _order_at(self, i, n):
-        return min(self.p, i + 1, n - i)
-
-
 def test_unipc3_gap_is_lower_order_final_at_every_step_count():
     D = _diffusers()
     pb = gmm_problem(2, "ddpm")
     z = _noise(pb)
     run = peers.diffusers_run(D.UniPCMultistepScheduler, {"solver_order": 3})(pb, z, 20, 0)
     assert _rel(run.x, ug.sample(pb.model, ug.UniPC(3), schedule=run.ts, noise=z)[0]) > 1e-3
-    assert _rel(run.x, ug.sample(pb.model, _UniPCAlwaysLower(3), schedule=run.ts, noise=z)[0]) <= TOL
+    # diffusers lowers the order at the end at every step count: min(p, i + 1, n - i)
+    assert _rel(run.x, ug.sample(pb.model, ug.UniPC(3, lower_order_final="always"), schedule=run.ts, noise=z)[0]) <= TOL
     short = peers.diffusers_run(D.UniPCMultistepScheduler, {"solver_order": 3})(pb, z, 12, 0)  # < 15: same rule
     assert _rel(short.x, ug.sample(pb.model, ug.UniPC(3), schedule=short.ts, noise=z)[0]) <= TOL
 

@@ -24,6 +24,7 @@ configurations the tests and the benchmark run for each.
 from __future__ import annotations
 
 
+import inspect
 import math
 
 import torch
@@ -38,7 +39,7 @@ from .grid import Grid, Node
 from .program import Q, Z, Program, Stage, Step
 
 __all__ = [
-    "Dynamics", "Solver", "ProgramSolver", "Noise", "REGISTRY", "get_solver", "multistep_order",
+    "Dynamics", "Solver", "ProgramSolver", "Noise", "REGISTRY", "get_solver", "multistep_order", "check_lower_order_final",
     "LOWER_ORDER_FINAL_BELOW",
 ]
 
@@ -156,8 +157,25 @@ class Solver:
     @classmethod
     def variants(cls) -> list["Solver"]:
         """The configurations of this class that the test suite and ``unigen bench`` run
-        (every registered solver, each variant): the default instance unless overridden."""
-        return [cls()]
+        (every registered solver, each variant): ``cls.example()`` where a class defines one
+        (its default is a degenerate case, e.g. EDMStochastic without churn), else ``cls()``."""
+        return [cls.example() if hasattr(cls, "example") else cls()]
+
+    def label(self) -> str:
+        """A short name for tables: the class name with the arguments that differ from the
+        default configuration (families override it with their customary names)."""
+        try:
+            default = type(self)()
+        except Exception:  # noqa: BLE001 - a class without a default configuration
+            default = None
+        names = [p for p in inspect.signature(type(self).__init__).parameters if p != "self"]
+        simple = (int, float, str, bool, type(None))
+        diff = [
+            (k, getattr(self, k)) for k in names
+            if isinstance(getattr(self, k, None), simple) and getattr(self, k) != getattr(default, k, object())
+        ]
+        fmt = lambda v: f"{v:g}" if isinstance(v, float) else str(v)  # noqa: E731
+        return type(self).__name__ + (f"({', '.join(f'{k}={fmt(v)}' for k, v in diff)})" if diff else "")
 
     def cache_key(self):
         """This configuration as a hashable value (class and every attribute), or None if an
@@ -264,13 +282,22 @@ def multistep_order(grid: Grid, i: int, order: int, lower_order_final: bool, his
     """The order a multistep method (or a singlestep one, ``history=False``) uses at step i.
 
     The ONE warm-up policy: step i has i + 1 evaluated points, less a zero-SNR start
-    (lambda = -inf never enters a divided difference); with ``lower_order_final`` and fewer
-    than ``LOWER_ORDER_FINAL_BELOW`` steps the order is at most n - i (the last step is
-    first order), as in DPM-Solver's reference implementation.
+    (lambda = -inf never enters a divided difference); with ``lower_order_final=True`` and
+    fewer than ``LOWER_ORDER_FINAL_BELOW`` steps the order is at most n - i (the last step is
+    first order), as in DPM-Solver's reference implementation; ``"always"`` applies that cap
+    at every step count (diffusers' UniPC), False never (see :func:`check_lower_order_final`).
     """
     k = order
     if history:
         k = min(k, i + 1 - (1 if math.isinf(grid.lam_dpm[0]) and i > 0 else 0))
-    if lower_order_final and grid.n < LOWER_ORDER_FINAL_BELOW:
+    if lower_order_final == "always" or (lower_order_final and grid.n < LOWER_ORDER_FINAL_BELOW):
         k = min(k, grid.n - i)
     return max(k, 1)
+
+
+def check_lower_order_final(value) -> bool | str:
+    """The lower-order-final setting: True (below ``LOWER_ORDER_FINAL_BELOW`` steps, DPM-Solver's
+    reference rule), False (never) or "always" (every step count, diffusers' UniPC rule)."""
+    if value is True or value is False or value == "always":
+        return value
+    raise ValueError(f"lower_order_final must be True, False or 'always', got {value!r}")

@@ -23,7 +23,7 @@ import math
 import numpy as np
 
 from .._utils import check_choice
-from .base import ProgramSolver, multistep_order
+from .base import ProgramSolver, check_lower_order_final, multistep_order
 from .program import H, Q, Stage, Step, Z
 
 __all__ = ["DEIS"]
@@ -54,11 +54,14 @@ class DEIS(ProgramSolver):
     def __init__(self, order: int = 2, lower_order_final: bool = True):
         check_choice("order", order, (1, 2, 3))
         self.order = order
-        self.lower_order_final = bool(lower_order_final)
+        self.lower_order_final = check_lower_order_final(lower_order_final)
 
     @classmethod
     def variants(cls):
         return [cls(k) for k in (1, 2, 3)]
+
+    def label(self):
+        return f"DEIS({self.order})"
 
     def step_program(self, grid, i, pre):
         """y_t = y_s + sum_j c_j eps_j with y = z/alpha, i.e. z_t = (alpha_t/alpha_s) z_s + alpha_t sum_j c_j eps_j."""

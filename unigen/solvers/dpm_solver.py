@@ -51,7 +51,7 @@ import math
 
 from .._utils import check_choice
 from ._expint import Form, psi
-from .base import ProgramSolver, multistep_order
+from .base import ProgramSolver, check_lower_order_final, multistep_order
 from .program import H, Q, Stage, Step, Z
 
 __all__ = ["DPMSolver", "DPMSolverPP"]
@@ -69,7 +69,7 @@ class _DPMSolverBase(ProgramSolver, register=False):
         self.warmup = warmup
         self.solver_type = solver_type
         self.multistep = bool(multistep)
-        self.lower_order_final = bool(lower_order_final)
+        self.lower_order_final = check_lower_order_final(lower_order_final)
         self.match_reference_3m = bool(match_reference_3m)
         self._k = order  # the algorithm's order (Taylor terms kept)
         reference_3m = self.match_reference_3m and self.multistep and order == 3
@@ -80,6 +80,13 @@ class _DPMSolverBase(ProgramSolver, register=False):
     @classmethod
     def variants(cls):
         return [cls(k, multistep=m) for k in (1, 2, 3) for m in (True, False)] + [cls(3, match_reference_3m=True)]
+
+    def label(self):
+        extra = [", reference 3M"] if self.match_reference_3m and self.multistep and self._k == 3 else []
+        extra += [", taylor"] if self.solver_type == "taylor" else []
+        extra += [", singlestep warm-up"] if self.warmup == "singlestep" else []
+        extra += {True: [], False: [", no lower-order final"], "always": [", lower-order final always"]}[self.lower_order_final]
+        return f"{type(self).__name__}({self._k}{'M' if self.multistep else 'S'}{''.join(extra)})"
 
     @property
     def nfe_per_step(self):  # type: ignore[override]

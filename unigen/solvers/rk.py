@@ -61,6 +61,9 @@ class RungeKutta(ProgramSolver, register=False):
     def variants(cls):
         return [cls(), cls(clock="sigma")]
 
+    def label(self):
+        return type(self).__name__ + ("(sigma)" if self.clock == "sigma" else "")
+
     @property
     def nfe_per_step(self):  # type: ignore[override]
         return self.tableau.stages

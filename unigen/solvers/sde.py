@@ -32,7 +32,7 @@ import math
 
 import torch
 
-from .base import ProgramSolver, Solver, multistep_order
+from .base import ProgramSolver, Solver, check_lower_order_final, multistep_order
 from .program import XI, H, Q, Stage, Step, Z
 
 __all__ = ["EulerMaruyama", "EDMStochastic", "SDEDPMSolverPP", "TorchSDE"]
@@ -163,10 +163,6 @@ class EDMStochastic(ProgramSolver):
         """A churning instance for registry-wide tests (the default, churn = 0, is Heun)."""
         return cls(churn=10.0)
 
-    @classmethod
-    def variants(cls):
-        return [cls.example()]
-
     def prepare(self, grid):
         """Per step: the churned node (t_hat, with its level s_hat) and the added std, or None."""
         p = grid.process
@@ -254,11 +250,14 @@ class SDEDPMSolverPP(ProgramSolver):
             raise ValueError(f"order must be 1 or 2, got {order!r}")
         self.order = int(order)
         self.eta = _check_nonneg("eta", eta)
-        self.lower_order_final = bool(lower_order_final)
+        self.lower_order_final = check_lower_order_final(lower_order_final)
         self.stochastic = self.eta > 0
         # on the SDE (eta > 0): exponential Euler-Maruyama with additive noise, see tests
         self.strong_order = float(self.order) if self.eta == 0 else 1.0
         self.weak_order = float(self.order) if self.eta == 0 else 1.0
+
+    def label(self):
+        return f"SDEDPMSolverPP({self.order}" + (f", eta={self.eta:g})" if self.eta != 1.0 else ")")
 
     def step_program(self, grid, i, pre):
         e2 = self.eta**2

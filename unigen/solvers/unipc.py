@@ -24,7 +24,7 @@ import math
 
 from .._utils import check_choice
 from ._expint import Form, psi
-from .base import ProgramSolver, multistep_order
+from .base import ProgramSolver, check_lower_order_final, multistep_order
 from .program import H, Q, Stage, Step, Z
 
 __all__ = ["UniPC"]
@@ -74,13 +74,20 @@ class UniPC(ProgramSolver):
         self.variant = variant
         self.corrector = bool(corrector)
         self.prediction = prediction
-        self.lower_order_final = bool(lower_order_final)
+        self.lower_order_final = check_lower_order_final(lower_order_final)
         self._form = Form(prediction)
         self.order = order + 1 if self.corrector else order
 
     @classmethod
     def variants(cls):
         return [cls(k, variant=v) for k in (1, 2, 3) for v in ("bh1", "bh2")] + [cls(k, corrector=False) for k in (2, 3)]
+
+    def label(self):
+        extra = [", bh1"] if self.variant == "bh1" else []
+        extra += [", no corrector"] if not self.corrector else []
+        extra += [", noise form"] if self.prediction != "data" else []
+        extra += {True: [], False: [", no lower-order final"], "always": [", lower-order final always"]}[self.lower_order_final]
+        return f"UniPC({self.p}{''.join(extra)})"
 
     def check_grid(self, grid):
         if not self._form.data and grid.alpha[0] == 0.0:
