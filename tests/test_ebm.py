@@ -16,7 +16,8 @@ from torch import nn
 
 import unigen as ug
 from unigen.ebm import EnergyModel, PersistentChains, contrastive_divergence_loss
-from unigen.train import eight_gaussians, sliced_wasserstein
+from unigen.metrics import sliced_wasserstein
+from unigen.toy_data import eight_gaussians
 
 A = torch.tensor([[2.0, 0.6], [0.6, 1.0]])
 

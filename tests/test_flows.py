@@ -20,7 +20,8 @@ from unigen.flows import (
     StandardNormal,
 )
 from unigen.likelihood import log_likelihood
-from unigen.train import sliced_wasserstein, two_moons
+from unigen.metrics import sliced_wasserstein
+from unigen.toy_data import two_moons
 
 TIGHT = {"rtol": 1e-10, "atol": 1e-10}
 

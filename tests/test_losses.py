@@ -16,6 +16,8 @@ from hypothesis import strategies as st
 
 import unigen as ug
 from unigen import losses as L
+from unigen import time_samplers as TS
+from unigen import weightings as W
 from helpers import NAMES, PROCESSES, grad, interior, mixture
 
 GM = mixture(dim=3, k=3, seed=11)
@@ -101,7 +103,7 @@ def test_target_mse_is_weighted_eps_mse(name, param, us, seed):
     for target in TARGETS:
         ref = closed_form_weight(target, p, name, t) * eps_mse
         assert rel_err(L.target_mse(model, x, t, eps, target), ref) < 1e-10, target
-        assert rel_err(L.weight(target, p, t) * eps_mse, ref) < 1e-10, target
+        assert rel_err(W.weight(target, p, t) * eps_mse, ref) < 1e-10, target
 
 
 @pytest.mark.parametrize("name", NAMES)
@@ -146,18 +148,18 @@ def dt_dlam(p, lam):
 
 def test_density_form_closed_forms():
     fm, cos = ug.FlowMatching(), ug.Cosine()
-    fm_u = L.weight("velocity", fm, fm.t_from_log_snr(LAM)) * dt_dlam(fm, LAM)
-    cos_v = L.weight("v", cos, cos.t_from_log_snr(LAM)) * dt_dlam(cos, LAM)
-    cos_u = L.weight("velocity", cos, cos.t_from_log_snr(LAM)) * dt_dlam(cos, LAM)
+    fm_u = W.weight("velocity", fm, fm.t_from_log_snr(LAM)) * dt_dlam(fm, LAM)
+    cos_v = W.weight("v", cos, cos.t_from_log_snr(LAM)) * dt_dlam(cos, LAM)
+    cos_u = W.weight("velocity", cos, cos.t_from_log_snr(LAM)) * dt_dlam(cos, LAM)
     assert rel_err(fm_u, 0.5 * torch.exp(-LAM / 2)) < 1e-9
     assert rel_err(cos_v, torch.exp(-LAM / 2) / math.pi) < 1e-9
     assert rel_err(cos_u, (math.pi / 4) * torch.exp(-LAM / 2)) < 1e-9
     ratio = fm_u / cos_v  # FM with uniform t = v-MSE on the cosine path x pi/2
     assert float((ratio - math.pi / 2).abs().max()) < 1e-9 * math.pi / 2
     # the library's own density-form query agrees
-    u01 = L.Uniform(0.0, 1.0)
-    assert rel_err(L.lambda_weight("velocity", fm, LAM, u01), 0.5 * torch.exp(-LAM / 2)) < 1e-9
-    assert rel_err(L.lambda_weight("v", cos, LAM, u01), torch.exp(-LAM / 2) / math.pi) < 1e-9
+    u01 = TS.Uniform(0.0, 1.0)
+    assert rel_err(W.lambda_weight("velocity", fm, LAM, u01), 0.5 * torch.exp(-LAM / 2)) < 1e-9
+    assert rel_err(W.lambda_weight("v", cos, LAM, u01), torch.exp(-LAM / 2) / math.pi) < 1e-9
 
 
 def test_density_form_holds_for_the_loss_values():
@@ -182,11 +184,11 @@ def test_density_form_weightings_do_not_depend_on_the_sampler():
     """sigmoid and elbo are Kingma & Gao's L_w = 1/2 int w(lam) E||eps_hat - eps||^2 dlam."""
     lam = torch.linspace(-6.0, 6.0, 25)
     for p in (ug.VP.linear(), ug.FlowMatching(), ug.EDM()):
-        for sampler in ("uniform", "logsnr", "edm", L.Uniform(p.t_min, p.t_max)):
-            torch.testing.assert_close(L.lambda_weight("sigmoid", p, lam, sampler), 0.5 * torch.sigmoid(-lam), rtol=1e-10, atol=0)
-            torch.testing.assert_close(L.lambda_weight("elbo", p, lam, sampler), torch.full_like(lam, 0.5), rtol=1e-10, atol=0)
-            biased = L.sigmoid_weighting(2.0)
-            torch.testing.assert_close(L.lambda_weight(biased, p, lam, sampler), 0.5 * torch.sigmoid(2.0 - lam), rtol=1e-10, atol=0)
+        for sampler in ("uniform", "logsnr", "edm", TS.Uniform(p.t_min, p.t_max)):
+            torch.testing.assert_close(W.lambda_weight("sigmoid", p, lam, sampler), 0.5 * torch.sigmoid(-lam), rtol=1e-10, atol=0)
+            torch.testing.assert_close(W.lambda_weight("elbo", p, lam, sampler), torch.full_like(lam, 0.5), rtol=1e-10, atol=0)
+            biased = W.sigmoid_weighting(2.0)
+            torch.testing.assert_close(W.lambda_weight(biased, p, lam, sampler), 0.5 * torch.sigmoid(2.0 - lam), rtol=1e-10, atol=0)
 
 
 def test_elbo_weight_is_the_continuous_vlb():
@@ -199,7 +201,7 @@ def test_elbo_weight_is_the_continuous_vlb():
     model = ug.Model(random_net(4), p, "eps")
     snr_dot = grad(lambda tt: torch.exp(p.log_snr(tt)), t)
     ref = 0.5 * (-snr_dot) * L.target_mse(model, x, t, eps, "x0")
-    got = ug.loss(model, x, t, weighting="elbo", t_sampler=L.Uniform(0.0, 1.0), reduction="none", eps=eps)
+    got = ug.loss(model, x, t, weighting="elbo", t_sampler=TS.Uniform(0.0, 1.0), reduction="none", eps=eps)
     assert rel_err(got, ref) < 1e-9
 
 
@@ -230,7 +232,7 @@ def test_zero_terminal_snr_is_finite():
     t = torch.ones(5)
     for w in ("velocity", "v", "x0", "edm", "eps"):
         assert torch.isfinite(ug.loss(model, x, t, weighting=w, reduction="none")).all(), w
-    assert ug.loss(model, x, t, weighting="velocity", t_sampler=L.Uniform(0.0, 1.0)) > 0
+    assert ug.loss(model, x, t, weighting="velocity", t_sampler=TS.Uniform(0.0, 1.0)) > 0
 
 
 # ---------------------------------------------------------------------------------------
@@ -299,7 +301,7 @@ def test_sliced_score_matching_is_differentiable():
 @pytest.mark.parametrize("sampler", ["uniform", "logsnr", "edm"])
 def test_samplers_stay_in_the_domain_with_finite_loss(name, sampler):
     p = PROCESSES[name]
-    t = L.get_t_sampler(sampler).sample(512, p, generator=torch.Generator().manual_seed(0))
+    t = TS.get_t_sampler(sampler).sample(512, p, generator=torch.Generator().manual_seed(0))
     assert t.shape == (512,) and t.dtype == torch.float64
     assert float(t.min()) >= p.t_min and float(t.max()) <= p.t_max
     assert torch.isfinite(p.log_snr(t)).all()
@@ -309,11 +311,11 @@ def test_samplers_stay_in_the_domain_with_finite_loss(name, sampler):
 
 
 def test_default_uniform_range():
-    assert L.default_t_range(ug.VP.linear()) == (1e-3, 1.0)
-    assert L.default_t_range(ug.FlowMatching()) == (1e-3, 1.0 - 1e-3)
-    assert L.default_t_range(ug.VE()) == (0.0, 1.0)
-    assert L.default_t_range(ug.EDM()) == (0.002, 80.0)
-    assert L.default_t_range(PROCESSES["vp_discrete"]) == (1e-3, 1.0)  # 1/N: the first DDPM timestep
+    assert TS.default_t_range(ug.VP.linear()) == (1e-3, 1.0)
+    assert TS.default_t_range(ug.FlowMatching()) == (1e-3, 1.0 - 1e-3)
+    assert TS.default_t_range(ug.VE()) == (0.0, 1.0)
+    assert TS.default_t_range(ug.EDM()) == (0.002, 80.0)
+    assert TS.default_t_range(PROCESSES["vp_discrete"]) == (1e-3, 1.0)  # 1/N: the first DDPM timestep
 
 
 # logit-normal is for [0, 1] processes: (edm, logit_normal) is not a case (tested as an error below)
@@ -325,7 +327,7 @@ def test_default_uniform_range():
 def test_sampler_density_matches_its_samples(name, sampler):
     """density_lambda integrates to 1 and its CDF matches the empirical CDF of drawn log-SNRs (KS)."""
     p = PROCESSES[name]
-    s = L.get_t_sampler(sampler)
+    s = TS.get_t_sampler(sampler)
     lam_draw = p.log_snr(s.sample(4000, p, generator=torch.Generator().manual_seed(0))).sort().values
     lo = max(float(lam_draw[0]) - 1.0, p.log_snr_range[0])
     hi = min(float(lam_draw[-1]) + 1.0, p.log_snr_range[1])
@@ -341,7 +343,7 @@ def test_sampler_density_matches_its_samples(name, sampler):
 
 def test_logit_normal_and_callable_samplers():
     fm = ug.FlowMatching()
-    t = L.get_t_sampler("logit_normal").sample(20000, fm, generator=torch.Generator().manual_seed(0))
+    t = TS.get_t_sampler("logit_normal").sample(20000, fm, generator=torch.Generator().manual_seed(0))
     logit = torch.log(t / (1 - t))
     assert abs(float(logit.mean())) < 0.05 and abs(float(logit.std()) - 1.0) < 0.05
     calls = []
@@ -393,7 +395,7 @@ def test_bad_input_errors():
         ug.loss(model, x, t=torch.rand(3))
     with pytest.raises(ValueError, match=r"z must have shape \[batch, \*\(3,\)\]"):  # the oracle's own check
         ug.loss(model, x[:, :2])
-    from unigen.train import MLP
+    from unigen.networks import MLP
 
     net_model = ug.Model(MLP(3, hidden=8, depth=1), p, "eps")
     with pytest.raises(ValueError, match=r"x has event shape \(2,\) but the model expects \(3,\)"):

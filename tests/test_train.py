@@ -8,13 +8,14 @@ import torch
 
 import unigen as ug
 from helpers import require
+from unigen import checkpoints, metrics, networks, toy_data
 from unigen import train as T
 
 N_EVAL = 2000
 
 
 def sw(a, b):
-    return T.sliced_wasserstein(a, b, n_projections=256, generator=torch.Generator().manual_seed(5))
+    return metrics.sliced_wasserstein(a, b, n_projections=256, generator=torch.Generator().manual_seed(5))
 
 
 # ---------------------------------------------------------------------------------------
@@ -22,7 +23,7 @@ def sw(a, b):
 # ---------------------------------------------------------------------------------------
 @pytest.mark.parametrize("name", ["eight_gaussians", "two_moons", "checkerboard", "swiss_roll"])
 def test_toy_datasets(name):
-    gen = T.DATASETS[name]
+    gen = toy_data.DATASETS[name]
     x = gen(5000, torch.Generator().manual_seed(0))
     assert x.shape == (5000, 2) and x.dtype == torch.get_default_dtype() and torch.isfinite(x).all()
     assert gen(7, torch.Generator().manual_seed(0), dtype=torch.float32).dtype == torch.float32
@@ -34,25 +35,25 @@ def test_toy_datasets(name):
 
 
 def test_checkerboard_lies_on_dark_cells():
-    x = T.checkerboard(4000, torch.Generator().manual_seed(0))
+    x = toy_data.checkerboard(4000, torch.Generator().manual_seed(0))
     cells = torch.floor(x + 2.0).long()
     assert ((cells[:, 0] + cells[:, 1]) % 2 == 0).all() and x.abs().max() <= 2.0
 
 
 def test_digits_shape_and_range():
     require("sklearn")
-    x = T.digits()
+    x = toy_data.digits()
     assert x.shape == (1797, 1, 8, 8) and float(x.min()) == -1.0 and float(x.max()) == 1.0
-    assert T.digits(5, torch.Generator().manual_seed(0)).shape == (5, 1, 8, 8)
+    assert toy_data.digits(5, torch.Generator().manual_seed(0)).shape == (5, 1, 8, 8)
 
 
 def test_digits_without_sklearn_says_what_to_install(monkeypatch):
-    T._digits_table.cache_clear()
+    toy_data._digits_table.cache_clear()
     monkeypatch.setitem(sys.modules, "sklearn", None)
     monkeypatch.setitem(sys.modules, "sklearn.datasets", None)
     with pytest.raises(ImportError, match=r"pip install 'unigen\[data\]'"):
-        T.digits()
-    T._digits_table.cache_clear()
+        toy_data.digits()
+    toy_data._digits_table.cache_clear()
 
 
 # ---------------------------------------------------------------------------------------
@@ -81,7 +82,7 @@ def test_fit_reaches_the_data(dataset, process, parametrization, steps, solver, 
     (two independent samples of 2000) and below half the distance of the best Gaussian fit,
     which is about where an untrained network starts (its skip term is the Gaussian-optimal
     linear predictor); measured values are in the report of the training issue."""
-    data_fn = T.DATASETS[dataset]
+    data_fn = toy_data.DATASETS[dataset]
     data = lambda n, g: data_fn(n, g, dtype=torch.float32)
     model = T.fit(data, process, parametrization, steps=steps, generator=torch.Generator().manual_seed(0))
     assert len(model.history) == steps and all(math.isfinite(v) for v in model.history)
@@ -96,7 +97,7 @@ def test_fit_is_reproducible_and_options_run(capsys):
     a = T.fit("eight_gaussians", ug.VP.linear(), "v", **kw)
     b = T.fit("eight_gaussians", ug.VP.linear(), "v", **kw)
     assert a.history == b.history
-    c = T.fit(T.eight_gaussians(500, torch.Generator().manual_seed(0)), ug.EDM(), "denoiser", steps=20,
+    c = T.fit(toy_data.eight_gaussians(500, torch.Generator().manual_seed(0)), ug.EDM(), "denoiser", steps=20,
               batch_size=64, ema=0.9, lr_schedule="constant", log_every=10, skip=False)
     assert "step     10" in capsys.readouterr().out
     x, info = ug.sample(c, ug.Heun(clock="sigma"), steps=5, shape=(8, 2))
@@ -114,7 +115,7 @@ def test_tiny_convnet_trains_on_images():
     base[1, 0, 3:5, 1:7] = 1.0
     data = (2 * base[torch.randint(0, 2, (256,), generator=g)] - 1 + 0.1 * torch.randn(256, 1, 8, 8, generator=g)).float()
     model = T.fit(data, ug.VP.linear(), "eps", steps=60, batch_size=32, lr=2e-3)
-    assert isinstance(model.net.net, T.TinyConvNet)
+    assert isinstance(model.net.net, networks.TinyConvNet)
     h = model.history
     assert sum(h[-15:]) / 15 < 0.8 * sum(h[:15]) / 15
     x, _ = ug.sample(model, ug.DDIM(), steps=5, shape=(4, 1, 8, 8), dtype=torch.float32)
@@ -126,7 +127,7 @@ def test_fit_digits():
     """VP eps on scikit-learn's digits (1400 train / 397 held out), TinyConvNet, ~13 s on one core:
     sliced W2 to held-out digits 0.091 against a train-vs-test floor of 0.060 (untrained: > 1)."""
     require("sklearn")
-    data = T.digits(dtype=torch.float32)
+    data = toy_data.digits(dtype=torch.float32)
     perm = torch.randperm(data.shape[0], generator=torch.Generator().manual_seed(0))
     train, test = data[perm[:1400]], data[perm[1400:]]
     model = T.fit(train, ug.VP.linear(), "eps", steps=600, batch_size=64, generator=torch.Generator().manual_seed(0))
@@ -160,7 +161,7 @@ def test_nan_loss_names_the_step():
 
 
 def test_huge_learning_rate_diverges_with_step():
-    data = T.eight_gaussians(500, torch.Generator().manual_seed(0), dtype=torch.float32)
+    data = toy_data.eight_gaussians(500, torch.Generator().manual_seed(0), dtype=torch.float32)
     with pytest.raises(FloatingPointError, match=r"loss became (nan|inf) at step \d+"):
         T.fit(data, ug.VP.linear(), steps=50, lr=1e10, grad_clip=None)
 
@@ -176,7 +177,7 @@ def test_bad_data_and_arguments():
     with pytest.raises(ValueError, match=r"data contains 1 non-finite values \(first in sample 3\)"):
         T.fit(bad, vp, steps=1)
     with pytest.raises(ValueError, match=r"data samples have shape \(3,\) but the net expects event shape \(2,\)"):
-        T.fit(torch.randn(10, 3), vp, steps=1, net=T.MLP(2))
+        T.fit(torch.randn(10, 3), vp, steps=1, net=networks.MLP(2))
     with pytest.raises(ValueError, match="unknown dataset 'moons'; valid names are eight_gaussians"):
         T.fit("moons", vp, steps=1)
     with pytest.raises(ValueError, match="no default network for event shape"):
@@ -210,8 +211,8 @@ def test_bad_data_and_arguments():
 def test_save_load_round_trip(tmp_path, process, parametrization):
     model = T.fit("two_moons", process, parametrization, steps=5, batch_size=32, lr=1e-2)
     path = tmp_path / "model.pt"
-    T.save(model, path)
-    back = T.load(path)
+    checkpoints.save(model, path)
+    back = checkpoints.load(path)
     assert type(back.process) is type(process) and repr(back.process) == repr(process)
     assert back.parametrization == parametrization and back.history == model.history
     assert getattr(back.process, "sigma_data", None) == getattr(process, "sigma_data", None)
@@ -224,13 +225,13 @@ def test_save_load_round_trip(tmp_path, process, parametrization):
 
 def test_save_load_custom_process_and_net(tmp_path):
     aff = ug.Affine(alpha=lambda t: 1 - t, sigma=lambda t: t)
-    net = T.MLP(2, hidden=16, depth=1)
+    net = networks.MLP(2, hidden=16, depth=1)
     model = T.fit("two_moons", aff, "velocity", steps=3, batch_size=16, net=net)
     path = tmp_path / "m.pt"
-    T.save(model, path)
+    checkpoints.save(model, path)
     with pytest.raises(ValueError, match="pass process= to load"):
-        T.load(path)
-    back = T.load(path, process=aff)
+        checkpoints.load(path)
+    back = checkpoints.load(path, process=aff)
     z, t = torch.randn(4, 2), torch.full((4,), 0.3)
     with torch.no_grad():
         assert torch.equal(model(z, t).out, back(z, t).out)
@@ -244,14 +245,57 @@ def test_save_load_custom_process_and_net(tmp_path):
             return self.lin(z)
 
     m2 = T.fit("two_moons", ug.VP.linear(), steps=2, batch_size=8, net=Custom().double())
-    T.save(m2, path)
+    checkpoints.save(m2, path)
     with pytest.raises(ValueError, match="custom network body; pass net="):
-        T.load(path)
-    back2 = T.load(path, net=Custom())
+        checkpoints.load(path)
+    back2 = checkpoints.load(path, net=Custom())
     with torch.no_grad():
         assert torch.equal(m2(z, t).out, back2(z, t).out)
     with pytest.raises(TypeError, match="save\\(\\) needs a model returned by fit"):
-        T.save(ug.GaussianMixture(torch.zeros(1, 2), [1.0]).model(ug.VP.linear()), path)
+        checkpoints.save(ug.GaussianMixture(torch.zeros(1, 2), [1.0]).model(ug.VP.linear()), path)
+
+
+def test_names_documented_under_train_are_still_there():
+    """README and the tutorials reach these as unigen.train.<name>; they live in their own modules."""
+    for name in ("eight_gaussians", "two_moons", "checkerboard", "swiss_roll", "digits", "DATASETS"):
+        assert getattr(T, name) is getattr(toy_data, name)
+    assert (T.MLP, T.TinyConvNet) == (networks.MLP, networks.TinyConvNet)
+    assert (T.save, T.load) == (checkpoints.save, checkpoints.load)
+    assert T.sliced_wasserstein is metrics.sliced_wasserstein
+
+
+def test_checkpoint_written_before_the_process_registry_loads(tmp_path):
+    """The "process" entry as the trainer wrote it before unigen.process.from_config existed
+    (one float per field; VPDiscrete's betas as a list) still loads, into the same process."""
+    betas = torch.linspace(1e-4, 0.02, 50, dtype=torch.float64)
+    old_layout = [
+        (ug.VP.linear(beta_min=0.2, beta_max=15.0), {"class": "VPLinear", "beta_min": 0.2, "beta_max": 15.0}),
+        (ug.SubVP(), {"class": "SubVP", "beta_min": 0.1, "beta_max": 20.0}),
+        (ug.VP.cosine(), {"class": "VPCosine", "s": 0.008}),
+        (ug.VE(), {"class": "VE", "sigma_min": 0.01, "sigma_max": 50.0}),
+        (ug.EDM(sigma_data=0.7), {"class": "EDM", "sigma_min": 0.002, "sigma_max": 80.0, "sigma_data": 0.7}),
+        (ug.FlowMatching(), {"class": "FlowMatching"}),
+        (ug.Cosine(), {"class": "Cosine"}),
+        (ug.VP.discrete(betas, rescale_zero_terminal_snr=True),
+         {"class": "VPDiscrete", "betas": betas.tolist(), "rescale_zero_terminal_snr": True}),
+    ]
+    model = T.fit("two_moons", ug.VP.linear(), "eps", steps=2, batch_size=8)
+    path = tmp_path / "old.pt"
+    checkpoints.save(model, path)
+    payload = torch.load(path, weights_only=True)
+    assert payload["process"] == {"class": "VPLinear", "beta_min": 0.1, "beta_max": 20.0}  # the layout is unchanged
+    t = torch.tensor([0.1, 0.5, 0.9], dtype=torch.float64)
+    for process, record in old_layout:
+        payload["process"] = record
+        torch.save(payload, path)
+        back = checkpoints.load(path).process
+        assert type(back) is type(process) and repr(back) == repr(process), record["class"]
+        tt = process.t_min + (process.t_max - process.t_min) * t
+        assert torch.equal(back.alpha(tt), process.alpha(tt)) and torch.equal(back.sigma(tt), process.sigma(tt))
+    payload["process"] = {"class": "NotAProcess", "x": 1.0}
+    torch.save(payload, path)
+    with pytest.raises(ValueError, match="pass process= to load"):
+        checkpoints.load(path)
 
 
 # ---------------------------------------------------------------------------------------
@@ -263,7 +307,7 @@ def test_sliced_wasserstein():
     assert sw(a, a) == 0.0
     m = torch.tensor([1.0, -2.0, 0.5, 0.0])
     # a translation by m: every projection moves by theta.m, so SW^2 = E(theta.m)^2 = |m|^2/D
-    got = T.sliced_wasserstein(a[:500], a[:500] + m, n_projections=10000, generator=torch.Generator().manual_seed(1))
+    got = metrics.sliced_wasserstein(a[:500], a[:500] + m, n_projections=10000, generator=torch.Generator().manual_seed(1))
     assert abs(got - float(m.norm()) / 2.0) < 0.03
     # unequal sizes use matched quantiles; still ~0 for two samples of one law
     b = torch.randn(1000, 4, generator=g)

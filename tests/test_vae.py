@@ -13,7 +13,8 @@ import torch
 from torch import nn
 
 import unigen as ug
-from unigen.train import sliced_wasserstein, two_moons
+from unigen.metrics import sliced_wasserstein
+from unigen.toy_data import two_moons
 from unigen.vae import VAE, gaussian_kl, one_step_diffusion_vae
 
 

@@ -1,350 +1,69 @@
-r"""A small, dependency-free trainer for toy data: datasets, networks, ``fit``, save/load, metrics.
+r"""Training: :func:`fit` a small network to data for any process and parametrization, and
+:func:`fit_cached` (load a saved model, or fit and save one).
 
 Everything here runs on a CPU in seconds to minutes and exists to close the loop
-"train -> sample -> measure" on problems where the answer is visible:
+"train -> sample -> measure" on problems where the answer is visible. :func:`fit` minimises
+:func:`unigen.loss` with Adam (cosine learning rate, optional EMA; stops with the step number
+when the loss becomes non-finite) on a :class:`~unigen.networks.Preconditioned` network body and
+returns a :class:`~unigen.trained_model.TrainedModel`.
 
-* data: ``eight_gaussians``, ``two_moons``, ``checkerboard``, ``swiss_roll`` (2-D, roughly unit
-  scale, any number of samples) and ``digits`` (scikit-learn's bundled 8x8 digits in [-1, 1],
-  shape [N, 1, 8, 8]; needs ``pip install scikit-learn``, the ``unigen[data]`` extra);
-* networks: :class:`MLP` (vectors) and :class:`TinyConvNet` (small images), both functions of
-  (input, c) where c is a per-sample scalar "network time", embedded with Fourier features;
-* :class:`Preconditioned`: EDM's input/skip/output scaling (Karras et al. 2022, Table 1)
-  generalised to every parametrization, and the clipped log-SNR as the network time, so one
-  network body serves every process and output type;
-* :func:`fit` (Adam, cosine learning rate, optional EMA; stops with the step number when the
-  loss becomes non-finite), :func:`save` / :func:`load`, :func:`sliced_wasserstein`.
+The pieces around it live in their own modules: toy data sets in :mod:`unigen.toy_data`,
+networks and preconditioning in :mod:`unigen.networks`, ``save`` / ``load`` in
+:mod:`unigen.checkpoints`, ``sliced_wasserstein`` in :mod:`unigen.metrics`. The names users
+reach as ``unigen.train.<name>`` (the data sets, ``MLP``, ``TinyConvNet``, ``save``, ``load``,
+``sliced_wasserstein``) are re-exported here.
 """
 
 from __future__ import annotations
 
 import copy
-import functools
 import math
+import pathlib
 import time
 from typing import Callable
 
 import torch
 from torch import Tensor, nn
 
-from . import losses as _losses
 from . import process as _proc
+from .checkpoints import load, save  # moved to unigen.checkpoints; kept here for existing imports (and fit_cached)
+from .losses import loss
+from .metrics import sliced_wasserstein  # moved to unigen.metrics; kept here for existing imports
 from .model import Model
-from .parametrization import PathCoefficients, check_parametrization
+from .networks import MLP, Preconditioned, TinyConvNet  # MLP, TinyConvNet: moved to unigen.networks; kept here for existing imports
+from .parametrization import check_parametrization
+from .time_samplers import get_t_sampler
+from .toy_data import (  # moved to unigen.toy_data; kept here for existing imports
+    DATASETS,
+    checkerboard,
+    digits,
+    eight_gaussians,
+    swiss_roll,
+    two_moons,
+)
+from .trained_model import TrainedModel
+from .weightings import get_weighting
 
 __all__ = [
+    "fit",
+    "fit_cached",
+    "NATURAL_WEIGHTING",
+    # moved to unigen.toy_data; kept here for existing imports
     "eight_gaussians",
     "two_moons",
     "checkerboard",
     "swiss_roll",
     "digits",
     "DATASETS",
-    "FourierEmbedding",
+    # moved to unigen.networks; kept here for existing imports
     "MLP",
     "TinyConvNet",
-    "Preconditioned",
-    "TrainedModel",
-    "fit",
+    # moved to unigen.checkpoints; kept here for existing imports
     "save",
     "load",
-    "fit_cached",
+    # moved to unigen.metrics; kept here for existing imports
     "sliced_wasserstein",
-    "NATURAL_WEIGHTING",
 ]
-
-
-# ---------------------------------------------------------------------------------------
-# Data
-# ---------------------------------------------------------------------------------------
-def _check_n(n):
-    if isinstance(n, bool) or not isinstance(n, int) or n < 1:
-        raise ValueError(f"n must be a positive integer, got {n!r}")
-
-
-def _rand(shape, generator, dtype=torch.float64):
-    return torch.rand(shape, generator=generator, dtype=dtype)
-
-
-def _randn(shape, generator, dtype=torch.float64):
-    return torch.randn(shape, generator=generator, dtype=dtype)
-
-
-def _out(x: Tensor, dtype) -> Tensor:
-    return x.to(dtype or torch.get_default_dtype())
-
-
-def eight_gaussians(n: int, generator: torch.Generator | None = None, dtype=None) -> Tensor:
-    """[n, 2]: eight equal Gaussians (std 0.1) centred on the circle of radius sqrt(2)
-    (per-coordinate variance about 1)."""
-    _check_n(n)
-    k = torch.randint(0, 8, (n,), generator=generator)
-    ang = k.to(torch.float64) * (math.pi / 4)
-    centres = math.sqrt(2.0) * torch.stack([torch.cos(ang), torch.sin(ang)], 1)
-    return _out(centres + 0.1 * _randn((n, 2), generator), dtype)
-
-
-def two_moons(n: int, generator: torch.Generator | None = None, dtype=None) -> Tensor:
-    """[n, 2]: two interleaved half circles (noise 0.05), centred and scaled by 1/0.7."""
-    _check_n(n)
-    m = torch.randint(0, 2, (n,), generator=generator).to(torch.float64)
-    th = math.pi * _rand(n, generator)
-    x = torch.where(m == 0, torch.cos(th), 1.0 - torch.cos(th))
-    y = torch.where(m == 0, torch.sin(th), 0.5 - torch.sin(th))
-    pts = torch.stack([x - 0.5, y - 0.25], 1) + 0.05 * _randn((n, 2), generator)
-    return _out(pts / 0.7, dtype)
-
-
-def checkerboard(n: int, generator: torch.Generator | None = None, dtype=None) -> Tensor:
-    """[n, 2]: uniform on the 8 dark cells of a 4x4 checkerboard over [-2, 2]^2."""
-    _check_n(n)
-    cell = torch.randint(0, 8, (n,), generator=generator)
-    row = cell // 2
-    col = 2 * (cell % 2) + (row % 2)  # dark cells: row + col even
-    u = _rand((n, 2), generator)
-    pts = torch.stack([col.to(torch.float64) + u[:, 0], row.to(torch.float64) + u[:, 1]], 1) - 2.0
-    return _out(pts, dtype)
-
-
-def swiss_roll(n: int, generator: torch.Generator | None = None, dtype=None) -> Tensor:
-    """[n, 2]: the 2-D Swiss roll r = theta, theta in [1.5 pi, 4.5 pi], scaled by 1/6.8
-    (per-coordinate std about 1), noise 0.05."""
-    _check_n(n)
-    th = 1.5 * math.pi * (1.0 + 2.0 * _rand(n, generator))
-    pts = torch.stack([th * torch.cos(th), th * torch.sin(th)], 1) / 6.8
-    return _out(pts + 0.05 * _randn((n, 2), generator), dtype)
-
-
-@functools.lru_cache(maxsize=1)
-def _digits_table() -> Tensor:
-    try:
-        from sklearn.datasets import load_digits
-    except ImportError as e:
-        raise ImportError(
-            "digits() needs scikit-learn (its bundled 8x8 digits): pip install 'unigen[data]' "
-            "(or pip install scikit-learn)"
-        ) from e
-    images = torch.as_tensor(load_digits().images, dtype=torch.float64)  # [1797, 8, 8], values 0..16
-    return (images / 8.0 - 1.0).unsqueeze(1)
-
-
-def digits(n: int | None = None, generator: torch.Generator | None = None, dtype=None) -> Tensor:
-    """scikit-learn's 1797 handwritten 8x8 digits scaled from 0..16 to [-1, 1]: [N, 1, 8, 8].
-
-    With ``n`` given, n images drawn with replacement (so it is a sampler like the 2-D sets).
-    Requires scikit-learn (``pip install 'unigen[data]'``), imported on first use.
-    """
-    table = _digits_table()
-    if n is None:
-        return _out(table.clone(), dtype)
-    _check_n(n)
-    idx = torch.randint(0, table.shape[0], (n,), generator=generator)
-    return _out(table[idx], dtype)
-
-
-DATASETS: dict[str, Callable] = {
-    "eight_gaussians": eight_gaussians,
-    "two_moons": two_moons,
-    "checkerboard": checkerboard,
-    "swiss_roll": swiss_roll,
-    "digits": digits,
-}
-
-
-# ---------------------------------------------------------------------------------------
-# Networks
-# ---------------------------------------------------------------------------------------
-class FourierEmbedding(nn.Module):
-    """c -> [c, sin(w_k c), cos(w_k c)], w_k geometric in [w_min, w_max] (fixed, not learned)."""
-
-    def __init__(self, n_freq: int = 16, w_min: float = 0.5, w_max: float = 40.0):
-        super().__init__()
-        if isinstance(n_freq, bool) or not isinstance(n_freq, int) or n_freq < 0:
-            raise ValueError(f"n_freq must be a non-negative integer, got {n_freq!r}")
-        w = torch.exp(torch.linspace(math.log(w_min), math.log(w_max), n_freq)) if n_freq else torch.zeros(0)
-        self.register_buffer("freqs", w.to(torch.get_default_dtype()), persistent=False)
-        self.out_dim = 1 + 2 * n_freq
-
-    def forward(self, c: Tensor) -> Tensor:
-        c = c.reshape(-1, 1).to(self.freqs.dtype if self.freqs.numel() else c.dtype)
-        arg = c * self.freqs
-        return torch.cat([c, torch.sin(arg), torch.cos(arg)], dim=1)
-
-
-def _per_sample(c: Tensor, b: int, like: Tensor) -> Tensor:
-    c = torch.as_tensor(c, dtype=like.dtype, device=like.device)
-    return c.expand(b) if c.ndim == 0 else c.reshape(b)
-
-
-def _kaiming(layers):
-    """He-normal weights (gain sqrt 2), zero biases. PyTorch's default init (variance 1/(3 fan_in))
-    starts a SiLU network in its nearly linear regime, where a target with no linear part
-    (the v-target of VP on unit-scale data, or the residual after the c_skip term) gets almost
-    no gradient: measured on eight_gaussians, training then stalls at the Gaussian fit."""
-    for layer in layers:
-        nn.init.kaiming_normal_(layer.weight, nonlinearity="relu")
-        if layer.bias is not None:
-            nn.init.zeros_(layer.bias)
-
-
-class MLP(nn.Module):
-    """f(z, c) for z of shape [B, *event] (flattened) and a per-sample scalar c.
-
-    Each of ``depth`` hidden layers (width ``hidden``, SiLU) sees the previous layer and the
-    time embedding. ``time_embedding="fourier"`` uses :class:`FourierEmbedding` of c,
-    ``"linear"`` feeds c alone.
-    """
-
-    def __init__(self, dim, hidden: int = 128, depth: int = 3, time_embedding: str = "fourier", n_freq: int = 16):
-        super().__init__()
-        event = (int(dim),) if isinstance(dim, int) else tuple(int(d) for d in dim)
-        if not event or any(d < 1 for d in event):
-            raise ValueError(f"dim must be a positive integer or event shape, got {dim!r}")
-        for name, v in (("hidden", hidden), ("depth", depth)):
-            if isinstance(v, bool) or not isinstance(v, int) or v < 1:
-                raise ValueError(f"{name} must be a positive integer, got {v!r}")
-        if time_embedding not in ("fourier", "linear"):
-            raise ValueError(f"unknown time_embedding {time_embedding!r}; valid values are fourier, linear")
-        self.event_shape = event
-        self.config = {"kind": "MLP", "dim": list(event), "hidden": hidden, "depth": depth,
-                       "time_embedding": time_embedding, "n_freq": n_freq}
-        d = math.prod(event)
-        self.embed = FourierEmbedding(n_freq if time_embedding == "fourier" else 0)
-        e = self.embed.out_dim
-        self.layers = nn.ModuleList([nn.Linear((d if i == 0 else hidden) + e, hidden) for i in range(depth)])
-        self.out = nn.Linear(hidden, d)
-        self.act = nn.SiLU()
-        _kaiming(self.layers)
-
-    def forward(self, z: Tensor, c: Tensor) -> Tensor:
-        b = z.shape[0]
-        emb = self.embed(_per_sample(c, b, z))
-        h = z.reshape(b, -1)
-        for layer in self.layers:
-            h = self.act(layer(torch.cat([h, emb], 1)))
-        return self.out(h).reshape(z.shape)
-
-
-class TinyConvNet(nn.Module):
-    """f(z, c) for small images [B, channels, size, size]: a 3x3 conv stem, ``blocks`` residual
-    conv blocks with the time embedding added per channel, and a 3x3 conv head."""
-
-    def __init__(self, channels: int = 1, size: int = 8, width: int = 32, blocks: int = 3, n_freq: int = 16):
-        super().__init__()
-        for name, v in (("channels", channels), ("size", size), ("width", width), ("blocks", blocks)):
-            if isinstance(v, bool) or not isinstance(v, int) or v < 1:
-                raise ValueError(f"{name} must be a positive integer, got {v!r}")
-        self.event_shape = (channels, size, size)
-        self.config = {"kind": "TinyConvNet", "channels": channels, "size": size, "width": width,
-                       "blocks": blocks, "n_freq": n_freq}
-        self.embed = FourierEmbedding(n_freq)
-        self.temb = nn.Sequential(nn.Linear(self.embed.out_dim, width), nn.SiLU(), nn.Linear(width, width * blocks))
-        self.stem = nn.Conv2d(channels, width, 3, padding=1)
-        self.convs1 = nn.ModuleList([nn.Conv2d(width, width, 3, padding=1) for _ in range(blocks)])
-        self.convs2 = nn.ModuleList([nn.Conv2d(width, width, 3, padding=1) for _ in range(blocks)])
-        self.head = nn.Conv2d(width, channels, 3, padding=1)
-        self.act = nn.SiLU()
-        self.width, self.blocks = width, blocks
-        _kaiming([self.stem, *self.convs1, *self.convs2, self.temb[0], self.temb[2]])
-
-    def forward(self, z: Tensor, c: Tensor) -> Tensor:
-        b = z.shape[0]
-        temb = self.temb(self.embed(_per_sample(c, b, z))).reshape(b, self.blocks, self.width, 1, 1)
-        h = self.stem(z)
-        for k in range(self.blocks):
-            r = self.convs1[k](self.act(h) + temb[:, k])
-            h = h + self.convs2[k](self.act(r))
-        return self.head(self.act(h))
-
-
-_NETS = {"MLP": MLP, "TinyConvNet": TinyConvNet}
-
-
-class Preconditioned(nn.Module):
-    r"""A network body seen as a prediction of type ``parametrization`` for ``process``.
-
-    EDM's preconditioning (Karras et al. 2022) generalised to any output M = a x + b eps: for
-    data of scale s_d (x ~ N(0, s_d^2) as a model of the data), with n^2 = alpha^2 s_d^2 + sigma^2,
-
-        out = c_skip z + c_out F(c_in z, lam / lam_clip),
-        c_in = 1/n,  c_skip = (a alpha s_d^2 + b sigma)/n^2  (the best linear predictor E[M|z]),
-        c_out = |a sigma - b alpha| s_d / n  (the std of M - c_skip z),
-
-    so F's input and target have unit scale at every t. For the EDM denoiser (a, b) = (1, 0)
-    on VE inputs this is exactly EDM's c_skip = s_d^2/(s^2+s_d^2), c_out = s s_d/sqrt(s^2+s_d^2).
-    The network time is the log-SNR lam, clipped to [-lam_clip, lam_clip] (finite at both ends
-    of every process) and divided by lam_clip. Called by :class:`~unigen.model.Model` as
-    ``fn(z, t)`` (or ``fn(y, s)`` with the VE level s for ``parametrization="denoiser"``). The
-    input is cast to the network's dtype and the output back.
-    """
-
-    def __init__(self, net: nn.Module, process, parametrization: str = "eps", sigma_data: float = 1.0,
-                 skip: bool = True, lam_clip: float = 20.0):
-        super().__init__()
-        if not isinstance(net, nn.Module):
-            raise TypeError(f"net must be a torch.nn.Module f(z, c), got {type(net).__name__}")
-        self.net = net
-        self.process = process
-        self.parametrization = check_parametrization(parametrization)
-        if not (isinstance(sigma_data, (int, float)) and math.isfinite(sigma_data) and sigma_data > 0):
-            raise ValueError(f"sigma_data must be a positive number, got {sigma_data!r}")
-        self.sigma_data, self.skip, self.lam_clip = float(sigma_data), bool(skip), float(lam_clip)
-        es = getattr(net, "event_shape", None)
-        if es is not None:
-            self.event_shape = tuple(es)
-
-    def config(self) -> dict:
-        return {"parametrization": self.parametrization, "sigma_data": self.sigma_data, "skip": self.skip,
-                "lam_clip": self.lam_clip}
-
-    def _net_dtype(self, z):
-        p = next(self.net.parameters(), None)
-        return p.dtype if p is not None else z.dtype
-
-    def forward(self, z: Tensor, t: Tensor) -> Tensor:
-        b = z.shape[0]
-        t = torch.as_tensor(t, dtype=z.dtype, device=z.device)
-        sd2 = self.sigma_data**2
-        if self.parametrization == "denoiser":  # Model passes (y = z/alpha, s = sigma/alpha)
-            s = _per_sample(t, b, z)
-            alpha, sigma = torch.ones_like(s), s
-            lam = -2.0 * torch.log(s)
-            a, bb = 1.0, 0.0
-        else:
-            tt = _per_sample(t, b, z)
-            c = PathCoefficients(self.process, tt, tt)
-            alpha, sigma = c.alpha, c.sigma
-            lam = self.process.log_snr(tt)
-            a, bb = c.ab(self.parametrization)
-        n2 = alpha * alpha * sd2 + sigma * sigma
-        shape = (b,) + (1,) * (z.ndim - 1)
-        c_in = torch.rsqrt(n2).reshape(shape)
-        if self.skip:
-            c_out = torch.abs(a * sigma - bb * alpha) * self.sigma_data * torch.rsqrt(n2)
-        else:
-            c_out = torch.sqrt(a * a * sd2 + bb * bb + torch.zeros_like(alpha))
-        c_out = c_out.reshape(shape)
-        lam_in = torch.clamp(torch.nan_to_num(lam, nan=0.0), -self.lam_clip, self.lam_clip) / self.lam_clip
-        dt = self._net_dtype(z)
-        f = self.net((c_in * z).to(dt), lam_in.to(dt)).to(z.dtype)
-        out = c_out * f
-        if self.skip:
-            c_skip = ((a * alpha * sd2 + bb * sigma) / n2).reshape(shape)
-            out = out + c_skip * z
-        return out
-
-
-class TrainedModel(Model):
-    """A :class:`~unigen.model.Model` returned by :func:`fit` / :func:`load`.
-
-    Attributes: ``net`` (the :class:`Preconditioned` module, the EMA copy if EMA was used),
-    ``history`` (the training loss at every step), ``event_shape``, ``train_seconds``.
-    """
-
-    def __init__(self, net: Preconditioned, process, parametrization, history=None, train_seconds=None):
-        super().__init__(net, process, parametrization)
-        self.net = net
-        self.event_shape = getattr(net, "event_shape", None)
-        self.history = list(history or [])
-        self.train_seconds = train_seconds
 
 
 # ---------------------------------------------------------------------------------------
@@ -474,10 +193,10 @@ def fit(
         raise ValueError(f"ema must be a decay in (0, 1), got {ema!r}")
     if weighting is None:
         weighting = NATURAL_WEIGHTING[parametrization]
-    weighting = _losses.get_weighting(weighting)
+    weighting = get_weighting(weighting)
     if t_sampler is None:
         t_sampler = "edm" if isinstance(process, _proc.EDM) else "uniform"
-    t_sampler = _losses.get_t_sampler(t_sampler)
+    t_sampler = get_t_sampler(t_sampler)
     gen = generator if generator is not None else torch.Generator().manual_seed(0)
 
     draw, probe = _resolve_data(data, gen)
@@ -515,7 +234,7 @@ def fit(
         xb = draw(batch_size)
         if tuple(xb.shape[1:]) != event_shape:
             raise ValueError(f"data batch at step {step} has event shape {tuple(xb.shape[1:])}, expected {event_shape}")
-        value = _losses.loss(train_model, xb, weighting=weighting, t_sampler=t_sampler, generator=gen)
+        value = loss(train_model, xb, weighting=weighting, t_sampler=t_sampler, generator=gen)
         lv = float(value.detach())
         if not math.isfinite(lv):
             what = "nan" if math.isnan(lv) else "inf"
@@ -546,108 +265,10 @@ def fit(
     return TrainedModel(final, process, parametrization, history=history, train_seconds=seconds)
 
 
-# ---------------------------------------------------------------------------------------
-# Save / load
-# ---------------------------------------------------------------------------------------
-_FORMAT = "unigen.train/1"
-_PROCESS_FIELDS = {
-    "VPLinear": ("beta_min", "beta_max"),
-    "SubVP": ("beta_min", "beta_max"),
-    "VPCosine": ("s",),
-    "VE": ("sigma_min", "sigma_max"),
-    "EDM": ("sigma_min", "sigma_max", "sigma_data"),
-    "FlowMatching": (),
-    "Cosine": (),
-}
-
-
-def _process_config(process) -> dict:
-    name = type(process).__name__
-    if name in _PROCESS_FIELDS and type(process) is getattr(_proc, name):
-        return {"class": name, **{f: float(getattr(process, f)) for f in _PROCESS_FIELDS[name]}}
-    if type(process) is _proc.VPDiscrete:
-        return {"class": "VPDiscrete", "betas": process.betas.tolist(),
-                "rescale_zero_terminal_snr": process.rescale_zero_terminal_snr}
-    return {"class": None, "repr": repr(process)}
-
-
-def _build_process(cfg: dict):
-    name = cfg.get("class")
-    if name is None:
-        raise ValueError(f"the saved process {cfg.get('repr')} cannot be rebuilt from plain data; pass process= to load()")
-    if name == "VPDiscrete":
-        return _proc.VPDiscrete(torch.tensor(cfg["betas"], dtype=torch.float64), cfg["rescale_zero_terminal_snr"])
-    return getattr(_proc, name)(**{f: cfg[f] for f in _PROCESS_FIELDS[name]})
-
-
-def _body_of(model) -> Preconditioned:
-    body = getattr(model, "net", None) if isinstance(model, Model) else None
-    if body is None and isinstance(model, Model):
-        body = model.fn
-    if not isinstance(body, Preconditioned):
-        raise TypeError("save() needs a model returned by fit() or load() (a Model around a Preconditioned net)")
-    return body
-
-
-def save(model: TrainedModel, path) -> None:
-    """Write the network weights and a plain-data config (process, parametrization,
-    preconditioning, network constructor) with ``torch.save``; :func:`load` reads it with
-    ``weights_only=True``. A process that is not a built-in (e.g. ``Affine``) is stored by name
-    only and must be passed to :func:`load`; so must a custom network body."""
-    body = _body_of(model)
-    net_cfg = getattr(body.net, "config", None)
-    if net_cfg is not None and net_cfg.get("kind") not in _NETS:
-        net_cfg = None
-    p = next(body.net.parameters(), None)
-    payload = {
-        "format": _FORMAT,
-        "process": _process_config(model.process),
-        "precond": body.config(),
-        "net": net_cfg,
-        "dtype": str(p.dtype).replace("torch.", "") if p is not None else None,
-        "event_shape": list(getattr(body, "event_shape", ()) or ()),
-        "history": [float(v) for v in getattr(model, "history", [])],
-        "state_dict": body.net.state_dict(),
-    }
-    torch.save(payload, path)
-
-
-def load(path, process=None, net: nn.Module | None = None, map_location="cpu") -> TrainedModel:
-    """Rebuild a :class:`TrainedModel` written by :func:`save` (``torch.load(weights_only=True)``).
-
-    ``process`` / ``net`` override the saved ones (required for a non-built-in process or a
-    custom network body; ``net`` must have the saved architecture).
-    """
-    payload = torch.load(path, map_location=map_location, weights_only=True)
-    if not isinstance(payload, dict) or payload.get("format") != _FORMAT:
-        raise ValueError(f"{path} is not a unigen.train checkpoint (format {_FORMAT})")
-    if process is None:
-        process = _build_process(payload["process"])
-    if net is None:
-        cfg = payload["net"]
-        if cfg is None:
-            raise ValueError("the checkpoint holds a custom network body; pass net= (same architecture) to load()")
-        kwargs = {k: v for k, v in cfg.items() if k != "kind"}
-        if cfg["kind"] == "MLP":
-            kwargs["dim"] = tuple(kwargs["dim"])
-        net = _NETS[cfg["kind"]](**kwargs)
-    if payload.get("dtype"):
-        net = net.to(getattr(torch, payload["dtype"]))
-    net.load_state_dict(payload["state_dict"])
-    pc = payload["precond"]
-    body = Preconditioned(net, process, pc["parametrization"], sigma_data=pc["sigma_data"], skip=pc["skip"], lam_clip=pc["lam_clip"])
-    if payload.get("event_shape"):
-        body.event_shape = tuple(payload["event_shape"])
-    body.eval()
-    return TrainedModel(body, process, pc["parametrization"], history=payload.get("history"))
-
-
 def fit_cached(path, data, process, parametrization, *, log: Callable | None = None, **fit_kwargs) -> TrainedModel:
     """The model saved at ``path`` if it exists (:func:`load`), else :func:`fit` with these
     arguments, saved there (:func:`save`; parent folders created). ``log(message)`` hears
     "loaded PATH", or "training ..." and "saved PATH"."""
-    import pathlib
-
     say = log or (lambda msg: None)
     path = pathlib.Path(path).expanduser()
     if path.exists():
@@ -661,44 +282,3 @@ def fit_cached(path, data, process, parametrization, *, log: Callable | None = N
     save(model, path)
     say(f"saved {path}")
     return model
-
-
-# ---------------------------------------------------------------------------------------
-# Metric
-# ---------------------------------------------------------------------------------------
-def sliced_wasserstein(a: Tensor, b: Tensor, n_projections: int = 256, generator: torch.Generator | None = None) -> float:
-    r"""Sliced Wasserstein-2 distance between two samples (flattened to vectors):
-
-        SW_2(a, b) = ( E_theta W_2^2(theta^T a, theta^T b) )^{1/2},  theta uniform on the sphere,
-
-    with the 1-D W_2 from sorted projections (equal sizes) or matched quantiles, and the
-    expectation over ``n_projections`` random directions. For b = a + m it equals |m|/sqrt(D).
-    Computed in float64.
-    """
-    for name, v in (("a", a), ("b", b)):
-        if not isinstance(v, Tensor) or v.ndim < 2 or v.shape[0] < 1:
-            raise ValueError(f"{name} must be a tensor [N, *event], got {tuple(v.shape) if isinstance(v, Tensor) else type(v).__name__}")
-    a2, b2 = a.reshape(a.shape[0], -1).to(torch.float64), b.reshape(b.shape[0], -1).to(torch.float64)
-    if a2.shape[1] != b2.shape[1]:
-        raise ValueError(f"a and b must have the same event size, got {tuple(a.shape[1:])} and {tuple(b.shape[1:])}")
-    if isinstance(n_projections, bool) or not isinstance(n_projections, int) or n_projections < 1:
-        raise ValueError(f"n_projections must be a positive integer, got {n_projections!r}")
-    theta = torch.randn(a2.shape[1], n_projections, generator=generator, dtype=torch.float64)
-    theta = (theta / theta.norm(dim=0, keepdim=True)).to(a2.device)
-    pa, pb = (a2 @ theta).T, (b2 @ theta).T  # [P, N]
-    qa, qb = pa.sort(dim=1).values, pb.sort(dim=1).values
-    if qa.shape[1] != qb.shape[1]:
-        k = max(qa.shape[1], qb.shape[1])
-        levels = (torch.arange(k, dtype=torch.float64, device=a2.device) + 0.5) / k
-        qa, qb = _quantiles(qa, levels), _quantiles(qb, levels)
-    return float(((qa - qb) ** 2).mean().sqrt())
-
-
-def _quantiles(q_sorted: Tensor, levels: Tensor) -> Tensor:
-    """Linear interpolation of sorted rows [P, n] at levels u (the empirical point u n - 1/2)."""
-    n = q_sorted.shape[1]
-    pos = torch.clamp(levels * n - 0.5, 0.0, n - 1.0)
-    lo = pos.floor().long()
-    hi = torch.clamp(lo + 1, max=n - 1)
-    w = pos - lo.to(pos.dtype)
-    return q_sorted[:, lo] * (1 - w) + q_sorted[:, hi] * w

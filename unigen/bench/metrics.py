@@ -16,7 +16,7 @@ import math
 import torch
 from torch import Tensor
 
-from ..train import sliced_wasserstein
+from ..metrics import sliced_wasserstein
 
 __all__ = ["sliced_wasserstein2", "rbf_mmd2", "median_bandwidth", "endpoint_rmse"]
 
