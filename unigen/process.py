@@ -109,6 +109,22 @@ class Process:
             cfg[name] = _plain(getattr(self, name), f"{cls.__name__}.{name}")
         return cfg
 
+    def value_key(self):
+        """A hashable VALUE standing for this process in caches: its config (two processes built
+        with equal arguments share grids, plans and schedule answers), or the object itself
+        where there is no config (:class:`Affine`). Processes are treated as immutable."""
+        key = self.__dict__.get("_value_key")
+        if key is None:
+            cls = type(self)
+            if REGISTRY.get(cls.__name__) is not cls or not cls.configurable:
+                return self
+            try:
+                values = [(name, _value(getattr(self, name))) for name in _init_parameters(cls)]
+            except (AttributeError, TypeError):
+                return self
+            key = self.__dict__["_value_key"] = ProcessKey((cls.__name__, tuple(values)))
+        return key
+
     @classmethod
     def examples(cls) -> dict:
         """A few representative instances of this class, by label (the test suite runs every
@@ -928,3 +944,34 @@ def process_examples(classes=None) -> dict:
                                  f"{cls.__name__}")
             out[label] = p
     return out
+
+
+class ProcessKey:
+    """A process's class and constructor arguments as a hashable value, its hash computed once
+    (tensors by dtype, shape and bytes: a DDPM table holds a thousand floats)."""
+
+    __slots__ = ("items", "_hash")
+
+    def __init__(self, items: tuple):
+        self.items = items
+        self._hash = hash(items)
+
+    def __hash__(self):
+        return self._hash
+
+    def __eq__(self, other):
+        return isinstance(other, ProcessKey) and self._hash == other._hash and self.items == other.items
+
+    def __repr__(self):
+        return f"ProcessKey({self.items[0]!r})"
+
+
+def _value(value):
+    """A constructor argument as a hashable value (TypeError if it has none)."""
+    if isinstance(value, Tensor):
+        t = value.detach().cpu().contiguous()
+        return ("tensor", str(t.dtype), tuple(t.shape), t.numpy().tobytes())
+    if isinstance(value, (list, tuple)):
+        return tuple(_value(v) for v in value)
+    hash(value)
+    return value

@@ -16,6 +16,7 @@ from torch import Tensor
 from ._utils import SingularConversionError, compute_dtype, refuse_non_finite
 from .model import Model
 from .parametrization import _check_det, PathCoefficients
+from .progress import progress_bar
 from .schedules import default_schedule, make_grid
 from .solvers.base import Dynamics, Noise, get_solver
 from .solvers.grid import Grid
@@ -140,7 +141,7 @@ def sample(
     z = z.to(work)
     trajectory = [z] if return_trajectory else []
 
-    bar = _progress(grid.n, progress, type(solver).__name__)
+    bar = progress_bar(grid.n, type(solver).__name__, enabled=progress, require_tqdm=True) if progress else None
 
     def on_step(i, z):
         if return_trajectory:
@@ -219,8 +220,9 @@ def check_model_kwargs(model_kwargs) -> dict | None:
 
 
 # Grids are reused across calls with the same settings (sampling in a loop, benchmarks): the
-# schedule arithmetic and coefficient tables are built once. Keys hold the process object
-# itself, so a cache hit is the same process, not merely an equal id.
+# schedule arithmetic and coefficient tables are built once. Keys hold the process's value
+# (Process.value_key: its config, or the object itself where it has none), so a new but equal
+# process object hits the cache too.
 _CACHE_SIZE = 16
 _TIMES: OrderedDict = OrderedDict()
 _GRIDS: OrderedDict = OrderedDict()
@@ -258,7 +260,7 @@ def model_grid(model: Model, schedule, steps, t_start=None, t_end=None) -> Tenso
 def _grid_times(process, schedule, steps, t_start, t_end) -> Tensor:
     if isinstance(schedule, Tensor):
         return make_grid(process, schedule, steps, t_start, t_end)
-    key = (process, schedule, steps, t_start, t_end)
+    key = (process.value_key(), schedule, steps, t_start, t_end)
     try:
         hash(key)
     except TypeError:
@@ -278,7 +280,7 @@ def prepared_grid(model: Model, solver, ts: Tensor, data_dtype, device) -> Grid:
 
 
 def _grid(process, ts: Tensor, dtype, device, parametrization) -> Grid:
-    key = (process, tuple(ts.tolist()), dtype, str(device), parametrization)
+    key = (process.value_key(), tuple(ts.tolist()), dtype, str(device), parametrization)
     return _remember(_GRIDS, key, lambda: Grid(process, ts, dtype, device, parametrization))
 
 
@@ -315,13 +317,3 @@ def _singular_start(model: Model, t: float) -> str | None:
     except SingularConversionError as e:
         return str(e)
     return None
-
-
-def _progress(n, enabled, desc):
-    if not enabled:
-        return None
-    try:
-        from tqdm.auto import tqdm
-    except ImportError as e:  # pragma: no cover - optional extra
-        raise ImportError("progress=True needs tqdm: pip install 'unigen[progress]'") from e
-    return tqdm(total=n, desc=desc)

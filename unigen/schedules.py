@@ -26,7 +26,7 @@ Grids are validated: strictly decreasing, inside the process's domain, no duplic
 from __future__ import annotations
 
 import math
-import weakref
+from collections import OrderedDict
 
 import torch
 from torch import Tensor
@@ -56,15 +56,25 @@ def default_schedule(process, t_start: float | None = None) -> str:
 
 
 # per-process answers of sample_range/default_schedule (schedule arithmetic that every sample()
-# call would otherwise redo); weak keys, so a process that is dropped takes its entries along
-_MEMO: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
+# call would otherwise redo), keyed by the process's VALUE (Process.value_key: equal processes
+# share them), least recently used first out
+_MEMO: OrderedDict = OrderedDict()
+_MEMO_SIZE = 64
 
 
 def _memo(process) -> dict:
+    key = process.value_key() if hasattr(process, "value_key") else process
     try:
-        return _MEMO.setdefault(process, {})
-    except TypeError:  # an unhashable or non-weak-referenceable process: no memo
+        memo = _MEMO.get(key)
+    except TypeError:  # an unhashable process: no memo
         return {}
+    if memo is None:
+        memo = _MEMO[key] = {}
+        if len(_MEMO) > _MEMO_SIZE:
+            _MEMO.popitem(last=False)
+    else:
+        _MEMO.move_to_end(key)
+    return memo
 
 
 def sample_range(process) -> tuple[float, float]:

@@ -52,9 +52,16 @@ class Form:
         self.data = name == "data"
         self.name = name
 
-    def target(self, pred):
-        """The model quantity this form expands: x0_hat (data) or eps_hat (noise)."""
-        return pred.x0 if self.data else pred.eps
+    @property
+    def quantity(self) -> str:
+        """The model quantity this form expands: "x0" (data) or "eps" (noise)."""
+        return "x0" if self.data else "eps"
+
+    def __eq__(self, other):
+        return isinstance(other, Form) and other.name == self.name
+
+    def __hash__(self):
+        return hash(("Form", self.name))
 
     def coefs(self, a_s: float, s_s: float, a_t: float, s_t: float, h: float) -> tuple[float, float, float]:
         """(A, B, hh) of the step with lambda-increment h = lam_t - lam_s > 0."""

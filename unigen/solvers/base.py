@@ -40,7 +40,7 @@ from .program import Q, Z, Program, Stage, Step
 
 __all__ = [
     "Dynamics", "Solver", "ProgramSolver", "Noise", "REGISTRY", "get_solver", "multistep_order", "check_lower_order_final",
-    "LOWER_ORDER_FINAL_BELOW",
+    "LOWER_ORDER_FINAL_BELOW", "FixedProgram",
 ]
 
 # multistep methods drop to lower order on their last steps when a run has fewer steps than
@@ -241,7 +241,7 @@ class ProgramSolver(Solver, register=False):
         steps = [self.step_program(grid, i, pre) for i in range(last)]
         if grid.ends_at_zero:
             steps.append(self.landing(grid, pre))
-        return Program(tuple(steps), repr(self))
+        return Program(tuple(steps), self.label())
 
     def plan(self, grid: Grid, parametrization: str):
         """The compiled program for a model of ``parametrization`` (cached on the grid by value)."""
@@ -301,3 +301,31 @@ def check_lower_order_final(value) -> bool | str:
     if value is True or value is False or value == "always":
         return value
     raise ValueError(f"lower_order_final must be True, False or 'always', got {value!r}")
+
+
+class FixedProgram(ProgramSolver, register=False):
+    """Runs one given :class:`~unigen.solvers.program.Program` on the grid it was built for
+    (e.g. one whose coefficients were replaced by tensors to differentiate or tune them)::
+
+        program = ug.DPMSolverPP(2).program(grid)
+        tuned = ug.solvers.FixedProgram(program.with_coefficients(values), grid.times)
+    """
+
+    def __init__(self, program: Program, times, order: int | None = None, stochastic: bool = False):
+        if not isinstance(program, Program):
+            raise TypeError(f"program must be a unigen Program, got {type(program).__name__}")
+        self.program_ = program
+        self.times = [float(t) for t in times]
+        if len(self.times) != len(program.steps) + 1:
+            raise ValueError(f"a program of {len(program.steps)} steps runs on {len(program.steps) + 1} times, got {len(self.times)}")
+        self.order = order
+        self.stochastic = bool(stochastic)
+        self.requires = frozenset({"x0_eps"})
+
+    def program(self, grid):
+        if grid.times != self.times:
+            raise ValueError(f"this program was built for the grid {self.times}; got {grid.times}")
+        return self.program_
+
+    def cache_key(self):
+        return None  # tensor coefficients may change between runs (tuning): compile each time

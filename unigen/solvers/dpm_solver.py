@@ -119,7 +119,7 @@ class _DPMSolverBase(ProgramSolver, register=False):
         return inter
 
     def step_program(self, grid, i, pre):
-        q = "x0" if self._form.data else "eps"
+        q = self._form.quantity
         m0 = Q(0, q)
         here = Stage(grid.node(i), Z)
         if not self._form.data and grid.alpha[i] == 0.0:

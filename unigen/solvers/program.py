@@ -85,7 +85,7 @@ class Lin:
             return "0"
         parts = []
         for s, c in self.terms.items():
-            v = float(c)
+            v = float(c.detach()) if isinstance(c, Tensor) else float(c)
             parts.append(f"{v:+.6g}*{_name(s)}")
         return " ".join(parts).lstrip("+")
 
@@ -151,13 +151,14 @@ class Step:
 
 @dataclass(frozen=True)
 class Program:
-    """A solver on one grid: the steps in order, for a model of ``parametrization``.
+    """A solver on one grid: the steps in order (``solver`` names where it came from).
 
-    ``print(program)`` lists every stage point and update with its coefficients.
+    ``print(program)`` lists every stage point and update with its coefficients; the
+    quantities are named (x0, eps, velocity), so the program does not depend on the model's
+    own parametrization (the executor converts).
     """
 
     steps: tuple
-    parametrization: str
     solver: str = ""
 
     @property
@@ -174,8 +175,37 @@ class Program:
                 depth = max([depth] + [s[1] + 1 for s in lin.symbols() if s != "z" and s[0] == "h"])
         return depth
 
+    def _lins(self):
+        for step in self.steps:
+            yield from (st.point for st in step.stages)
+            yield step.update
+            yield from step.store
+
+    def coefficients(self) -> list:
+        """Every coefficient of the program in a fixed order (stage points, update, stores of
+        each step; terms in their order): the parameters a tuner would adjust."""
+        return [c for lin in self._lins() for c in lin.terms.values()]
+
+    def with_coefficients(self, values) -> "Program":
+        """The same program with ``values`` (as many as :meth:`coefficients`; floats or 0-dim
+        tensors, e.g. requiring grad) in place of its coefficients."""
+        values = list(values)
+        if len(values) != len(self.coefficients()):
+            raise ValueError(f"expected {len(self.coefficients())} coefficients, got {len(values)}")
+        it = iter(values)
+
+        def swap(lin: Lin) -> Lin:
+            return Lin({s: next(it) for s in lin.terms})
+
+        steps = []
+        for step in self.steps:
+            stages = tuple(Stage(st.node, swap(st.point)) for st in step.stages)
+            update = swap(step.update)
+            steps.append(Step(stages, update, tuple(swap(lin) for lin in step.store)))
+        return Program(tuple(steps), self.solver)
+
     def __str__(self):
-        lines = [f"{self.solver or 'Program'} for a {self.parametrization} model: {len(self.steps)} steps, {self.nfe} model calls"]
+        lines = [f"{self.solver or 'Program'}: {len(self.steps)} steps, {self.nfe} model calls"]
         for i, step in enumerate(self.steps):
             lines.append(f"step {i}:")
             for k, st in enumerate(step.stages):

@@ -99,7 +99,7 @@ class UniPC(ProgramSolver):
 
     def step_program(self, grid, i, pre):
         """Predictor z_t = A z - B psi_1 m_0 - B B(h) sum_k a_k D_k; corrector adds rho_p (m(z_t, t) - m_0)."""
-        q = "x0" if self._form.data else "eps"
+        q = self._form.quantity
         k = multistep_order(grid, i, self.p, self.lower_order_final)
         h = grid.h(i)
         A, B, hh = self._form.coefs(grid.alpha[i], grid.sigma[i], grid.alpha[i + 1], grid.sigma[i + 1], h)
