@@ -20,12 +20,12 @@ def test_verify_shows_fail_for_a_perturbed_conversion(monkeypatch, capsys):
     """Break the conversion hub slightly: the round-trip claim must turn FAIL and exit 1."""
     import unigen.parametrization as P
 
-    real = P._reproject
+    real = P.reproject
 
     def perturbed(out, z, src_c, src, dst_c, dst, check):
         return real(out, z, src_c, src, dst_c, dst, check) * (1 + 1e-6)
 
-    monkeypatch.setattr(P, "_reproject", perturbed)
+    monkeypatch.setattr(P, "reproject", perturbed)
     assert main(["verify", "--only", "round trips"]) == 1
     assert "FAIL" in capsys.readouterr().out
 

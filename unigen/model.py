@@ -19,7 +19,7 @@ import torch
 from torch import Tensor, nn
 
 from ._utils import as_time, check_time_shape, compute_dtype, expand_like
-from .parametrization import TABLE, PathCoefficients, Prediction, _reproject, check_parametrization
+from .parametrization import TABLE, PathCoefficients, Prediction, reproject, check_parametrization
 from .process import Process, time_change
 
 __all__ = ["Model", "guided"]
@@ -337,7 +337,7 @@ class _Transformed(Model):
             t_in, c = time_change(self.process, inner.process, t)
             z_in = z * expand_like(c, z)  # c = alpha_inner / alpha_outer
         src = inner.predict(z_in, t_in, model_kwargs)
-        return _reproject(src.out, z_in, src._c, inner.parametrization, PathCoefficients(self.process, t, z), self.parametrization, check=False)
+        return reproject(src.out, z_in, src.coefs, inner.parametrization, PathCoefficients(self.process, t, z), self.parametrization, check=False)
 
 
 class _Guided(Model):

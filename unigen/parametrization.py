@@ -39,7 +39,7 @@ from ._utils import SingularConversionError, as_time, check_time_shape, expand_l
 
 __all__ = [
     "PARAMETRIZATIONS", "TABLE", "Parametrization", "register_parametrization", "output_coefficients",
-    "input_convention", "convert", "coefficients", "Prediction", "PathCoefficients", "check_parametrization",
+    "input_convention", "convert", "reproject", "coefficients", "Prediction", "PathCoefficients", "check_parametrization",
 ]
 
 # ---------------------------------------------------------------------------------------
@@ -184,7 +184,7 @@ def coefficients(name: str, process, t) -> tuple[Tensor, Tensor]:
     return a * torch.ones_like(t), b * torch.ones_like(t)
 
 
-def _reproject(out: Tensor, z: Tensor, src_c: PathCoefficients, src: str, dst_c: PathCoefficients, dst: str, check: bool) -> Tensor:
+def reproject(out: Tensor, z: Tensor, src_c: PathCoefficients, src: str, dst_c: PathCoefficients, dst: str, check: bool) -> Tensor:
     """The single conversion formula.
 
     With (x0, eps) solved from  alpha x0 + sigma eps = z,  a x0 + b eps = out  (det = alpha b - sigma a)
@@ -272,7 +272,7 @@ def convert(out: Tensor, z: Tensor, t, process, src: str = "eps", dst: str = "x0
             raise ValueError(f"out is on {out.device} but z is on {z.device}")
         process.check_t(t)
     c = PathCoefficients(process, t.to(out.dtype) if t.dtype != out.dtype else t, z)
-    return _reproject(out, z, c, src, c, dst, check)
+    return reproject(out, z, c, src, c, dst, check)
 
 
 _NAMED = ("x0", "eps", "v", "score", "velocity", "denoiser")  # Prediction's attributes
@@ -283,12 +283,13 @@ class Prediction:
 
     Attributes ``x0, eps, v, score, velocity, denoiser`` are computed on first access and
     cached, so a solver that needs (x0, eps) pays for the conversion once per model call.
+    ``coefs`` is the :class:`PathCoefficients` view of the process at (t, z) the conversions use.
     """
 
     def __init__(self, out: Tensor, z: Tensor, t: Tensor, process, parametrization: str, coefs=None):
         self.out, self.z, self.t, self.process = out, z, t, process
         self.parametrization = parametrization
-        self._c = PathCoefficients(process, t, z) if coefs is None else coefs
+        self.coefs = PathCoefficients(process, t, z) if coefs is None else coefs
 
     def as_(self, name: str) -> Tensor:
         """The prediction as output type ``name``, any registered one (no singularity check:
@@ -302,7 +303,7 @@ class Prediction:
         return cache[name]
 
     def _get(self, name):
-        return _reproject(self.out, self.z, self._c, self.parametrization, self._c, name, check=False)
+        return reproject(self.out, self.z, self.coefs, self.parametrization, self.coefs, name, check=False)
 
     @_lazy
     def x0(self) -> Tensor:
