@@ -488,7 +488,7 @@ def peers(quick: bool = False, K=None, D=None, ODESolver=None) -> list[Peer]:
 def reference(problem, z: torch.Tensor, t_start: float, t_end: float) -> torch.Tensor:
     """The exact PF-ODE solution from z at t_start to t_end (dopri5, rtol = atol = 1e-10):
     ``Problem.reference``, which solves on the flow-matching view of the model
-    (``unigen.calibration.ode_endpoint``), so runs ending at sigma = 0 on VP are exact too."""
+    (``unigen.reference.ode_endpoint``), so runs ending at sigma = 0 on VP are exact too."""
     return problem.reference(z, t_start, t_end)[0]
 
 

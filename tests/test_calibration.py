@@ -124,7 +124,7 @@ def test_optimized_schedules_benchmark_smoke(tmp_path):
 
 @pytest.mark.parametrize("case", ["vp", "vp-to-0", "ddpm-to-0", "fm", "edm"])
 def test_ode_endpoint_is_the_exact_flow_map_even_onto_zero_noise(case):
-    from unigen.calibration import ode_endpoint
+    from unigen.reference import ode_endpoint
 
     process = {"vp": ug.VP.linear(), "vp-to-0": ug.VP.linear(), "ddpm-to-0": ug.VP.discrete(torch.linspace(1e-4, 0.02, 1000)),
                "fm": ug.FlowMatching(), "edm": ug.EDM()}[case]

@@ -99,3 +99,47 @@ def test_schedule_errors():
         ug.make_grid(ug.VP.discrete(DDPM_BETAS), "leading", 2000)
     with pytest.raises(ValueError, match="disagrees with a schedule tensor"):
         ug.make_grid(p, torch.tensor([0.9, 0.1]), steps=5)
+
+
+# ---- schedules as objects (one protocol) ---------------------------------------------------------
+def test_every_name_is_a_schedule_object_with_one_protocol():
+    from unigen.schedules import Schedule
+
+    p = ug.VP.linear()
+    for name, sched in ug.SCHEDULES.items():
+        assert isinstance(sched, Schedule) and sched.name == name
+        if sched.needs_model or name in ("leading", "trailing", "linspace"):
+            continue
+        torch.testing.assert_close(sched.times(p, 6), ug.make_grid(p, name, 6), rtol=0, atol=0)
+
+
+def test_a_user_schedule_object_flows_through_sample():
+    """A Schedule subclass (uniform in sigma) is accepted by make_grid and sample, with no registration."""
+    from unigen.schedules import Schedule, check_grid
+
+    class UniformSigma(Schedule):
+        name = "uniform_sigma"
+
+        def times(self, process, steps, t_start=None, t_end=None, **context):
+            s = torch.linspace(0.99, 0.05, steps + 1, dtype=torch.float64)
+            return check_grid(process.t_from_log_snr(torch.log((1 - s * s) / (s * s))), process)
+
+    p = ug.VP.linear()
+    ts = ug.make_grid(p, UniformSigma(), 5)
+    torch.testing.assert_close(p.sigma(ts), torch.linspace(0.99, 0.05, 6, dtype=torch.float64), rtol=1e-12, atol=1e-12)
+    model = ug.Model(lambda z, t: 0.1 * z, p, "eps")
+    x, info = ug.sample(model, "DDIM", steps=5, schedule=UniformSigma(), shape=(3, 2))
+    torch.testing.assert_close(info.times, ts)
+
+
+def test_schedule_errors_are_clear():
+    from unigen.schedules import Karras, get_schedule, register_schedule
+
+    with pytest.raises(ValueError, match="unknown schedule 'cosine'; valid names are uniform, logsnr"):
+        get_schedule("cosine")
+    with pytest.raises(ValueError, match="depends on the model: pass it to ug.sample"):
+        ug.make_grid(ug.VP.linear(), "optimized", 5)
+    with pytest.raises(ValueError, match="a schedule needs a new name, got 'karras'"):
+        register_schedule(Karras())
+    with pytest.raises(ValueError, match="rho must be a finite number > 0"):
+        Karras(rho=0)

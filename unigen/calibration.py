@@ -30,9 +30,12 @@ import torch
 from torch import Tensor
 
 from .model import Model
-from .schedules import check_grid, default_schedule, make_grid
+from .reference import ode_endpoint
+from .sample import sample
+from .schedules import Schedule, check_grid, default_schedule, make_grid, register_schedule
+from .solvers import get_solver
 
-__all__ = ["CalibrationResult", "nelder_mead", "ode_endpoint", "optimize_schedule", "optimized_grid"]
+__all__ = ["CalibrationResult", "nelder_mead", "optimize_schedule", "optimized_grid", "Optimized"]
 
 _DENSE = 4096  # about this many intervals in the dense default grid the positions s are read along
 _CALIBRATION_SEED = 20240601  # the calibration batch of schedule="optimized" (disjoint from user seeds)
@@ -169,9 +172,6 @@ def optimize_schedule(
             75 per step (Nelder-Mead needs more in more dimensions), at least 300.
         reference_tol: rtol = atol of the dopri5 solve that gives the target endpoints.
     """
-    from .sample import sample
-    from .solvers.base import get_solver
-
     solver = get_solver(solver)
     if solver.stochastic:
         raise ValueError(f"optimize_schedule tunes deterministic solvers; {type(solver).__name__} is stochastic")
@@ -239,12 +239,10 @@ def optimized_grid(model: Model, solver, steps: int | None, event_shape: tuple, 
     for small models); for a large network call :func:`optimize_schedule` yourself with a
     smaller batch and pass its ``grid`` as the schedule.
     """
-    from .solvers.base import get_solver
-
     if steps is None:
         raise ValueError('schedule="optimized" needs steps=')
     solver = get_solver(solver)
-    key = (type(solver), repr(solver), int(steps), t_start, t_end, tuple(event_shape), dtype)
+    key = (solver.cache_key() or id(solver), int(steps), t_start, t_end, tuple(event_shape), dtype)
     memo = _OPTIMIZED.setdefault(model, {})
     if key not in memo:
         memo[key] = optimize_schedule(model, solver, steps, event_shape=tuple(event_shape),
@@ -252,33 +250,19 @@ def optimized_grid(model: Model, solver, steps: int | None, event_shape: tuple, 
     return memo[key]
 
 
-def ode_endpoint(model: Model, z: Tensor, t_start: float, t_end: float, tol: float = 1e-10) -> tuple[Tensor, int]:
-    r"""The probability-flow ODE solved accurately from z at t_start to t_end (dopri5, rtol = atol
-    = ``tol``, in z's dtype: pass float64 for a reference): the target of calibration and of
-    the benchmarks' endpoint RMSE.
+class Optimized(Schedule):
+    """``schedule="optimized"``: the grid of :func:`optimized_grid` for the model and solver
+    being sampled (computed once per model, solver configuration, steps, range and event
+    shape, then cached)."""
 
-    The PF-ODE in VE variables, dx/ds = (x - D(x, s)) / s with x = z / alpha and s = sigma / alpha,
-    is the same for every Gaussian path, so any model is solved on its flow-matching view
-    (``Model.to(FlowMatching(), "velocity")`` at the equal-log-SNR times, z_fm = c z by
-    ``time_change``): the velocity there is smooth and finite up to sigma = 0, where a VP
-    clock's d sigma / dt ~ t^(-1/2) would make dopri5 underflow, and a DDPM table's kinks
-    vanish. Unlike ``ug.sample`` it integrates all the way onto sigma = 0 instead of jumping
-    to x0_hat in a last step. Returns (x, model evaluations).
-    """
-    from ._utils import compute_dtype
-    from .process import FlowMatching, time_change
-    from .solvers import Adaptive, Dynamics, Grid
+    name = "optimized"
+    needs_model = True
 
-    ends = torch.tensor([t_start, t_end], dtype=torch.float64)
-    scale = torch.ones(2, dtype=torch.float64)
-    if not isinstance(model.process, FlowMatching):
-        fm = FlowMatching()
-        ends, scale = time_change(model.process, fm, ends)
-        model = model.to(fm, "velocity")
-    work = compute_dtype(z.dtype)  # z's dtype is the model's input dtype (float64 for a reference)
-    tol = max(tol, 10 * torch.finfo(work).eps)
-    dyn = Dynamics(model, z.dtype)
-    grid = Grid(model.process, ends.to(torch.float64), work, z.device, model.parametrization)
-    with torch.no_grad():
-        x, _ = Adaptive("dopri5", rtol=tol, atol=tol).step(dyn, z.to(work) * float(scale[0]), 0, grid, None, None)
-    return (x / float(scale[1])).to(z.dtype), dyn.nfe
+    def times(self, process, steps, t_start=None, t_end=None, *, model=None, solver=None, event_shape=(),
+              dtype=torch.float64, **context):
+        if model is None or solver is None:
+            raise ValueError('schedule="optimized" depends on the model and solver: use ug.sample(..., schedule="optimized")')
+        return optimized_grid(model, solver, steps, event_shape, t_start, t_end, dtype)
+
+
+register_schedule(Optimized())

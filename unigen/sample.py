@@ -17,7 +17,7 @@ from ._utils import SingularConversionError, compute_dtype, refuse_non_finite
 from .model import Model
 from .parametrization import _check_det, PathCoefficients
 from .progress import progress_bar
-from .schedules import default_schedule, make_grid
+from .schedules import default_schedule, get_schedule, make_grid
 from .solvers.base import Dynamics, Noise, get_solver
 from .solvers.grid import Grid
 
@@ -67,8 +67,9 @@ def sample(
             error-controlled solve from t_start to t_end).
         schedule: ``"uniform" | "logsnr" | "karras" | "quadratic" | "leading" | "trailing" |
             "linspace"`` or a strictly decreasing tensor (or list) of times (used exactly, first to
-            last), or ``"optimized"``: a grid tuned to this model and solver on a calibration
-            batch (``unigen.calibration.optimized_grid``; computed once, then cached). Default: ``process.default_schedule`` ("logsnr" for diffusion, "karras"
+            last), a :class:`~unigen.schedules.Schedule`, or ``"optimized"``: a grid tuned to this
+            model and solver on a calibration batch (``unigen.calibration.Optimized``, registered
+            when ``unigen`` is imported; computed once, then cached). Default: ``process.default_schedule`` ("logsnr" for diffusion, "karras"
             for EDM, "uniform" for flow matching / cosine).
         shape / noise: draw z ~ N(0, sigma(t_start)^2 I) of ``shape``, or start from ``noise``.
         generator: a torch.Generator or a list of one per batch item (item i then depends
@@ -103,15 +104,14 @@ def sample(
     process = model.process
     if isinstance(schedule, (list, tuple)):
         schedule = torch.tensor([float(v) for v in schedule], dtype=torch.float64)
-    if steps is None and not isinstance(schedule, Tensor) and schedule != "optimized":
+    sched = None if schedule is None or isinstance(schedule, Tensor) else get_schedule(schedule)
+    if steps is None and not isinstance(schedule, Tensor) and not (sched is not None and sched.needs_model):
         # an adaptive solver chooses its own steps between the grid's two ends
         steps = 1 if getattr(solver, "adaptive", False) else DEFAULT_STEPS
-    if isinstance(schedule, str) and schedule == "optimized":
-        from .calibration import optimized_grid
-
+    if sched is not None and sched.needs_model:  # e.g. "optimized": tuned to this model and solver
         event = tuple(noise.shape[1:]) if isinstance(noise, Tensor) else tuple(shape or ())[1:]
         data = noise.dtype if isinstance(noise, Tensor) else (dtype or torch.get_default_dtype())
-        schedule = optimized_grid(model, solver, steps, event, t_start, t_end, data)
+        schedule = sched.times(process, steps, t_start, t_end, model=model, solver=solver, event_shape=event, dtype=data)
         steps = t_start = t_end = None
     ts = model_grid(model, schedule, steps, t_start, t_end)
 

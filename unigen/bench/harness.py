@@ -53,7 +53,7 @@ import torch
 
 from .. import process as P
 from ..analytic import GaussianMixture, ring_mixture
-from ..calibration import ode_endpoint
+from ..reference import ode_endpoint
 from ..sample import sample
 from ..progress import progress_bar
 from ..schedules import default_schedule, make_grid, sample_range
@@ -217,7 +217,7 @@ class Problem:
         return alpha * x + sigma * noise
 
     def reference(self, z: torch.Tensor, t_start: float, t_end: float) -> tuple[torch.Tensor, int]:
-        """``unigen.calibration.ode_endpoint`` (dopri5, rtol = atol = ``ref_tol``, 1e-10) from ``z`` at
+        """``unigen.reference.ode_endpoint`` (dopri5, rtol = atol = ``ref_tol``, 1e-10) from ``z`` at
         t_start to t_end; cached per (z, range)."""
         key = (id(z), float(t_start), float(t_end))
         hit = self._refs.get(key)
