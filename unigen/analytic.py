@@ -22,8 +22,9 @@ import torch
 from torch import Tensor
 
 from ._utils import as_time, check_time_shape, expand_like
+from .model import Model
 from .noise import randn
-from .parametrization import PathCoefficients, check_parametrization
+from .parametrization import PathCoefficients, check_parametrization, input_convention, output_coefficients
 
 __all__ = ["GaussianMixture", "ring_mixture"]
 
@@ -158,17 +159,20 @@ class GaussianMixture:
         exact at every time, it is valid on the whole domain (``t_range = (t_min, t_max)``,
         also for a DDPM table, whose networks are trained on [1/N, 1] only).
         """
-        from .model import Model
-
         check_parametrization(parametrization)
         everywhere = (float(process.t_min), float(process.t_max))
-        if parametrization == "denoiser":
+        if input_convention(parametrization) == "ve":  # fed y = z/alpha and s = sigma/alpha (EDM's denoiser)
 
             def fn(y, s):
                 one = torch.ones_like(s)
-                return self.posterior(y, one, s)[0]
+                x0, eps, _ = self.posterior(y, one, s)
+                a, b = output_coefficients(parametrization, one, s)
+                if isinstance(a, float) and isinstance(b, float) and (a, b) == (1.0, 0.0):
+                    return x0
+                ex = lambda c: expand_like(c, y) if isinstance(c, torch.Tensor) else c  # noqa: E731
+                return ex(a) * x0 + ex(b) * eps
 
-            return Model(fn, process, "denoiser", energy=self.energy_fn(process), t_range=everywhere)
+            return Model(fn, process, parametrization, energy=self.energy_fn(process), t_range=everywhere)
 
         def fn(z, t):
             self._check_event(z)

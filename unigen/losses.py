@@ -40,16 +40,15 @@ REDUCTIONS = ("mean", "sum", "none")
 
 
 def _target(name: str, c: PathCoefficients, x: Tensor, eps: Tensor) -> Tensor:
-    """The exact value of output type ``name`` for the pair (x, eps)."""
-    if name in ("x0", "denoiser"):
-        return x
-    if name == "eps":
-        return eps
-    if name == "v_n":
-        n = torch.hypot(torch.as_tensor(c.alpha), torch.as_tensor(c.sigma))
-        return (c.alpha * eps - c.sigma * x) / n
+    """The exact value a x + b eps of output type ``name`` for the pair (x, eps) (the table's row;
+    a zero coefficient contributes nothing, so x0 is x exactly even where eps is not finite)."""
     a, b = c.ab(name)
-    return a * x + b * eps
+    out = 0.0
+    if not (isinstance(a, float) and a == 0.0):
+        out = x if isinstance(a, float) and a == 1.0 else a * x
+    if not (isinstance(b, float) and b == 0.0):
+        out = out + (eps if isinstance(b, float) and b == 1.0 else b * eps)
+    return out
 
 
 # ---------------------------------------------------------------------------------------
@@ -164,7 +163,7 @@ def loss(
     c = PathCoefficients(process, t, x)
     z = c.alpha * x + c.sigma * eps
     out = _raw(model, z.to(x.dtype), t)
-    m = "x0" if model.parametrization == "denoiser" else model.parametrization
+    m = model.parametrization
     err = (out - _target(m, c, x, eps)).flatten(1).square().sum(1)
     factor = w.factor(PathCoefficients(process, t, t), m, sampler)
     return _reduce(factor * err, reduction)
@@ -189,10 +188,7 @@ def target_mse(model: Model, x: Tensor, t, eps: Tensor, target: str = "eps") -> 
     c = PathCoefficients(process, t, x)
     z = c.alpha * x + c.sigma * eps
     pred = model(z, t)
-    if target == "v_n":
-        p_hat = pred.v / torch.hypot(c.alpha, c.sigma)
-    else:
-        p_hat = pred.as_(target)
+    p_hat = pred.as_(target)
     return (p_hat - _target(target, c, x, eps)).flatten(1).square().sum(1)
 
 

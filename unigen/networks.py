@@ -16,7 +16,7 @@ import math
 import torch
 from torch import Tensor, nn
 
-from .parametrization import PathCoefficients, check_parametrization
+from .parametrization import PathCoefficients, check_parametrization, input_convention, output_coefficients
 
 __all__ = ["FourierEmbedding", "MLP", "TinyConvNet", "NETWORKS", "Preconditioned"]
 
@@ -172,11 +172,11 @@ class Preconditioned(nn.Module):
         b = z.shape[0]
         t = torch.as_tensor(t, dtype=z.dtype, device=z.device)
         sd2 = self.sigma_data**2
-        if self.parametrization == "denoiser":  # Model passes (y = z/alpha, s = sigma/alpha)
+        if input_convention(self.parametrization) == "ve":  # Model passes (y = z/alpha, s = sigma/alpha)
             s = _per_sample(t, b, z)
             alpha, sigma = torch.ones_like(s), s
             lam = -2.0 * torch.log(s)
-            a, bb = 1.0, 0.0
+            a, bb = output_coefficients(self.parametrization, alpha, sigma)
         else:
             tt = _per_sample(t, b, z)
             c = PathCoefficients(self.process, tt, tt)

@@ -39,7 +39,7 @@ from ._utils import SingularConversionError, as_time, check_time_shape, expand_l
 
 __all__ = [
     "PARAMETRIZATIONS", "TABLE", "Parametrization", "register_parametrization", "output_coefficients",
-    "input_convention", "convert", "reproject", "coefficients", "Prediction", "PathCoefficients", "check_parametrization",
+    "input_convention", "same_output", "check_determined", "convert", "reproject", "coefficients", "Prediction", "PathCoefficients", "check_parametrization",
 ]
 
 # ---------------------------------------------------------------------------------------
@@ -92,6 +92,10 @@ register_parametrization("v", lambda c: (-c.sigma, c.alpha), description="Salima
 register_parametrization("score", lambda c: (0.0, -1.0 / c.sigma), description="grad log p_t = -eps/sigma (Tweedie)")
 register_parametrization("velocity", lambda c: (c.d_alpha, c.d_sigma), description="flow-matching velocity dz/dt")
 register_parametrization("denoiser", lambda c: (1.0, 0.0), inputs="ve", description="EDM's D(z/alpha; sigma/alpha) = x0")
+register_parametrization(
+    "v_n", lambda c: (-c.sigma / (c.alpha * c.alpha + c.sigma * c.sigma) ** 0.5, c.alpha / (c.alpha * c.alpha + c.sigma * c.sigma) ** 0.5),
+    description="scale-invariant v / sqrt(alpha^2 + sigma^2) (EDM's -F at sigma_data = 1)",
+)
 
 
 class _Values:
@@ -104,6 +108,13 @@ class _Values:
 def output_coefficients(name: str, alpha, sigma, d_alpha=None, d_sigma=None):
     """(a, b) with output ``name`` = a x0 + b eps for the given schedule values."""
     return TABLE[check_parametrization(name)].coefficients(_Values(alpha, sigma, d_alpha, d_sigma))
+
+
+def same_output(a: str, b: str) -> bool:
+    """True if output types ``a`` and ``b`` are the same quantity (e.g. x0 and denoiser), read
+    from the table at generic schedule values."""
+    probe = _Values(0.3, 1.7, -0.7, 0.9)  # generic: alpha^2 + sigma^2 != 1, no coincidences
+    return a == b or TABLE[check_parametrization(a)].coefficients(probe) == TABLE[check_parametrization(b)].coefficients(probe)
 
 
 def input_convention(name: str) -> str:
@@ -202,7 +213,7 @@ def reproject(out: Tensor, z: Tensor, src_c: PathCoefficients, src: str, dst_c: 
     alpha, sigma = src_c.alpha, src_c.sigma
     det = _solve_det(alpha, sigma, a, b, src, dst)
     if check:
-        _check_det(det, alpha, sigma, a, b, src, dst, src_c.t)
+        check_determined(det, alpha, sigma, a, b, src, dst, src_c.t)
     return _lin((a2 * b - b2 * a) / det, z, (b2 * alpha - a2 * sigma) / det, out)
 
 
@@ -228,7 +239,9 @@ def _solve_det(alpha, sigma, a, b, src, dst):
     return det
 
 
-def _check_det(det, alpha, sigma, a, b, src, dst, t):
+def check_determined(det, alpha, sigma, a, b, src, dst, t):
+    """Raise SingularConversionError where ``det = alpha b - sigma a`` vanishes (relative to the
+    coefficients' size) or is not finite: a ``src`` output then does not determine (x0, eps)."""
     det = torch.as_tensor(det)
     size = (torch.as_tensor(alpha).abs() + torch.as_tensor(sigma).abs()) * (
         torch.as_tensor(a).abs() + torch.as_tensor(b).abs()

@@ -15,7 +15,7 @@ from torch import Tensor
 
 from ._utils import SingularConversionError, compute_dtype, refuse_non_finite
 from .model import Model
-from .parametrization import _check_det, PathCoefficients
+from .parametrization import PathCoefficients, check_determined, input_convention
 from .progress import progress_bar
 from .schedules import default_schedule, get_schedule, make_grid
 from .solvers.base import Dynamics, Noise, get_solver
@@ -307,13 +307,11 @@ def _singular_start(model: Model, t: float) -> str | None:
     t0 = torch.tensor([t], dtype=torch.float64)
     c = PathCoefficients(model.process, t0, t0)
     name = model.parametrization
-    if name == "denoiser":
-        if float(c.alpha) == 0.0:
-            return "alpha = 0: the denoiser D(z/alpha; sigma/alpha) is undefined there."
-        return None
+    if input_convention(name) == "ve" and float(c.alpha) == 0.0:
+        return f"alpha = 0: a {name} network's inputs z/alpha and sigma/alpha are undefined there."
     a, b = c.ab(name)
     try:
-        _check_det(c.alpha * b - c.sigma * a, c.alpha, c.sigma, a, b, name, "x0/eps", t0)
+        check_determined(c.alpha * b - c.sigma * a, c.alpha, c.sigma, a, b, name, "x0/eps", t0)
     except SingularConversionError as e:
         return str(e)
     return None

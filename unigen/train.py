@@ -192,7 +192,7 @@ def fit(
     if ema is not None and not (isinstance(ema, float) and 0.0 < ema < 1.0):
         raise ValueError(f"ema must be a decay in (0, 1), got {ema!r}")
     if weighting is None:
-        weighting = NATURAL_WEIGHTING[parametrization]
+        weighting = NATURAL_WEIGHTING.get(parametrization, parametrization)  # else its own plain MSE
     weighting = get_weighting(weighting)
     if t_sampler is None:
         t_sampler = "edm" if isinstance(process, _proc.EDM) else "uniform"

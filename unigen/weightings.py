@@ -63,7 +63,7 @@ import torch
 from torch import Tensor
 
 from ._utils import as_time
-from .parametrization import PathCoefficients
+from .parametrization import PARAMETRIZATIONS, PathCoefficients, same_output
 from .time_samplers import TSampler, get_t_sampler
 
 __all__ = [
@@ -77,30 +77,19 @@ __all__ = [
     "TARGETS",
 ]
 
-TARGETS = ("eps", "x0", "denoiser", "v", "v_n", "velocity", "score")
+TARGETS = PARAMETRIZATIONS  # every registered output type is a target (the live list of the table)
 
 
 # ---------------------------------------------------------------------------------------
 # D_Q = a_Q sigma - b_Q alpha: ||P_hat - P||^2 = (D_P/D_M)^2 ||M_hat - M||^2
 # ---------------------------------------------------------------------------------------
 def _d_coef(name: str, c: PathCoefficients):
-    """D_name for P = a x + b eps (B_P = D_P / sigma); written to avoid dividing by alpha."""
-    if name in ("x0", "denoiser"):
-        return c.sigma
-    if name == "eps":
-        return -c.alpha
-    if name == "v":  # a = -sigma, b = alpha
-        return -(c.alpha * c.alpha + c.sigma * c.sigma)
-    if name == "v_n":
-        return -torch.hypot(torch.as_tensor(c.alpha), torch.as_tensor(c.sigma))
-    if name == "velocity":  # a = alpha', b = sigma'
-        return c.d_alpha * c.sigma - c.d_sigma * c.alpha
-    if name == "score":  # a = 0, b = -1/sigma
-        return c.alpha / c.sigma
-    raise ValueError(f"unknown target {name!r}; valid targets are {', '.join(TARGETS)}")
-
-
-_SAME = {"x0": "x0", "denoiser": "x0", "snr": "x0"}
+    """D_name = a sigma - b alpha for P = a x + b eps (the parametrization table's row); it
+    never divides by alpha (x0: sigma, eps: -alpha, v: -(alpha^2 + sigma^2), ...)."""
+    if name not in TARGETS:
+        raise ValueError(f"unknown target {name!r}; valid targets are {', '.join(TARGETS)}")
+    a, b = c.ab(name)
+    return a * c.sigma - b * c.alpha
 
 
 # ---------------------------------------------------------------------------------------
@@ -154,7 +143,7 @@ class Weighting:
 
     def factor(self, c: PathCoefficients, model_param: str, sampler=None):
         """Multiplier on ||M_hat - M||^2 for a model of parametrization ``model_param``."""
-        if self.target is not None and _SAME.get(self.target, self.target) == _SAME.get(model_param, model_param):
+        if self.target is not None and same_output(self.target, model_param):
             return 1.0
         d = _d_coef(model_param, c)
         return self._num(c, sampler) / (d * d)
@@ -204,6 +193,8 @@ def get_weighting(weighting) -> Weighting:
     if isinstance(weighting, Weighting):
         return weighting
     if isinstance(weighting, str):
+        if weighting not in WEIGHTINGS and weighting in TARGETS:  # a parametrization: its plain MSE
+            return Weighting(weighting, target=weighting)
         if weighting not in WEIGHTINGS:
             raise ValueError(
                 f"unknown weighting {weighting!r}; valid names are {', '.join(WEIGHTINGS)}, "
