@@ -226,6 +226,7 @@ def no_work(monkeypatch):
         raise AssertionError("the command sampled or trained before checking its arguments")
 
     monkeypatch.setattr(importlib.import_module("unigen.sample"), "sample", boom)  # the module, not the function
+    monkeypatch.setattr(cli, "sample", boom)  # the CLI's own name for it
     monkeypatch.setattr(importlib.import_module("unigen.train"), "fit", boom)
 
 

@@ -11,16 +11,25 @@ go to stdout. Run "unigen COMMAND --help" for each command's options and example
 from __future__ import annotations
 
 import argparse
+import difflib
 import inspect
+import os
+import pathlib
 import sys
 import textwrap
 
-from . import __version__
+import torch
+
+from . import __version__, solvers, train, verify
+from ._utils import IncompatibleSolverError, SingularConversionError
 from .analytic import ring_mixture
+from .bench import default_solvers, optimized, quick_solvers, report
+from .parametrization import PARAMETRIZATIONS
 from .process import REGISTRY as PROCESS_REGISTRY
 from .process import get_process
 from .progress import progress_bar
-from .schedules import sample_range
+from .sample import sample
+from .schedules import default_schedule, make_grid, sample_range
 
 EPILOG = """examples:
   unigen verify                       # every claim: setting, max error, tolerance, PASS/FAIL
@@ -109,10 +118,6 @@ def _show_progress(args) -> bool:
 # commands
 # ---------------------------------------------------------------------------------------
 def _verify(args) -> int:
-    import torch
-
-    from . import verify
-
     torch.set_default_dtype(torch.float64)
     claims = verify.CLAIMS
     if args.only:
@@ -135,11 +140,6 @@ def _verify(args) -> int:
 
 
 def _bench(args) -> int:
-    import pathlib
-
-    from .bench import default_solvers, optimized, quick_solvers
-    from .bench.report import run
-
     try:  # the JSON (and the plots next to it) must be writable before minutes of sweeping
         check_output(args.out, "--out")
     except CLIError as e:
@@ -154,9 +154,9 @@ def _bench(args) -> int:
         unipc = next(s for s in default_solvers() if s.label == "UniPC(3)")
         specs = specs + [optimized(unipc, n_calibration=512, max_evals=40 if args.quick else None)]
     kw = {}
-    if "progress" in inspect.signature(run).parameters:  # the harness reports progress itself
+    if "progress" in inspect.signature(report.run).parameters:  # the harness reports progress itself
         kw["progress"] = _show_progress(args)
-    run(dims, kinds, budgets, n, specs, pathlib.Path(args.out), seed=args.seed, quick=args.quick, plots=not args.no_plot, **kw)
+    report.run(dims, kinds, budgets, n, specs, pathlib.Path(args.out), seed=args.seed, quick=args.quick, plots=not args.no_plot, **kw)
     return 0
 
 
@@ -196,8 +196,6 @@ TRAIN_STEPS = 3000
 
 
 def _alpha_at_start(process) -> float:
-    import torch
-
     return float(process.alpha(torch.tensor(sample_range(process)[0], dtype=torch.float64)))
 
 
@@ -205,8 +203,6 @@ def valid_params(process_name: str) -> list:
     """The --param values a --process can be sampled with from its default start: where the
     start is pure noise (alpha = 0, flow matching), an eps, score or denoiser output says nothing
     about the data, so only x0, v and velocity remain."""
-    from .parametrization import PARAMETRIZATIONS
-
     if _alpha_at_start(make_process(process_name)) == 0.0:
         return [p for p in PARAMETRIZATIONS if p not in ("eps", "score", "denoiser")]
     return list(PARAMETRIZATIONS)
@@ -214,8 +210,6 @@ def valid_params(process_name: str) -> list:
 
 def valid_schedules(process_name: str) -> list:
     """The --schedule values that can span a --process's sampling range."""
-    from .schedules import make_grid
-
     ok = []
     for name in SCHEDULES:
         try:
@@ -228,9 +222,6 @@ def valid_schedules(process_name: str) -> list:
 
 def check_output(path: str, option: str = "--out", suffixes=None) -> "pathlib.Path":
     """Refuse an output path that cannot be written, before any work is done."""
-    import os
-    import pathlib
-
     p = pathlib.Path(path).expanduser()
     parent = p.parent if str(p.parent) else pathlib.Path(".")
     if p.is_dir():
@@ -249,9 +240,6 @@ def check_output(path: str, option: str = "--out", suffixes=None) -> "pathlib.Pa
 
 def check_cache(path: str) -> "pathlib.Path":
     """--cache must be a folder that exists and is writable, or one that can be created."""
-    import os
-    import pathlib
-
     p = pathlib.Path(path).expanduser()
     probe = p
     while not probe.exists() and probe != probe.parent:
@@ -289,22 +277,16 @@ class _OneThread:
     machine); the previous thread count is restored afterwards."""
 
     def __enter__(self):
-        import torch
-
         self.n = torch.get_num_threads()
         torch.set_num_threads(1)
 
     def __exit__(self, *exc):
-        import torch
-
         torch.set_num_threads(self.n)
 
 
 def cache_path(args) -> "pathlib.Path":
     """Where the trained model of these settings is cached (the training setup is in the name,
     so a change of the defaults never loads an old model)."""
-    import pathlib
-
     arch = "conv" if args.data == "digits" else f"mlp{TOY_NET['hidden']}x{TOY_NET['depth']}-b{TOY_FIT['batch_size']}"
     name = f"{args.data}-{args.process}-{args.param}-{args.train_steps}-{arch}-seed{args.seed}.pt"
     return pathlib.Path(args.cache).expanduser() / name
@@ -312,10 +294,6 @@ def cache_path(args) -> "pathlib.Path":
 
 def _train(args, process, gen, show: bool):
     """Load the cached model for these settings, or train one with a progress bar and cache it."""
-    import torch
-
-    from . import train
-
     ckpt = cache_path(args)
     data = "two_moons" if args.data == "moons" else args.data
     bar = progress_bar(args.train_steps, "train", show and not ckpt.exists())
@@ -342,10 +320,6 @@ def _train(args, process, gen, show: bool):
 def reference_samples(args, n: int):
     """What the samples should look like: exact oracle samples for gmm, fresh draws of the
     training distribution otherwise (a generator of their own, not the one of the samples)."""
-    import torch
-
-    from . import train
-
     gen = torch.Generator().manual_seed(args.seed + 1_000_003)
     if args.data == "gmm":
         return ring_mixture(dtype=torch.float32).sample(n, generator=gen).to(torch.float32)
@@ -356,8 +330,6 @@ def reference_samples(args, n: int):
 def _gmm():
     """The --data gmm oracle in float32 (kept for benchmarks/cli_examples.py: use
     ``unigen.analytic.ring_mixture(dtype=torch.float32)``)."""
-    import torch
-
     return ring_mixture(dtype=torch.float32)
 
 
@@ -367,10 +339,6 @@ _ARTICLE = {"eps": "an", "x0": "an", "v": "a", "score": "a", "velocity": "a", "d
 def check_sample_args(args) -> None:
     """Every check that needs no model: solver name, --process/--param, --schedule, --out,
     --cache. Raises CLIError with a one-line message."""
-    import difflib
-
-    from . import solvers
-
     if args.solver not in solvers.REGISTRY:
         names = sorted(solvers.REGISTRY)
         # compare spellings as people write them: case, "++" for "PP", with or without "Solver"
@@ -402,12 +370,6 @@ def check_sample_args(args) -> None:
 def draw_samples(args, show: bool = False):
     """The samples ``unigen sample`` draws for these parsed arguments: (x, info, schedule name).
     Trains (or loads from --cache) the model for a data set other than gmm."""
-    import torch
-
-    from ._utils import IncompatibleSolverError, SingularConversionError
-    from .sample import sample
-    from .schedules import default_schedule
-
     torch.manual_seed(args.seed)
     process = make_process(args.process)
     gen = torch.Generator().manual_seed(args.seed)
@@ -476,10 +438,6 @@ def _plot(plt, args, x, info, schedule, ref):
 
 def _sample(args) -> int:
     """Sample a 2-D toy set (or digits) with any solver and draw it."""
-    import pathlib
-
-    import torch
-
     try:
         check_sample_args(args)  # before any training or sampling
         x, info, schedule = draw_samples(args, _show_progress(args))
@@ -524,9 +482,6 @@ class _Parser(argparse.ArgumentParser):
 
 def build_parser() -> argparse.ArgumentParser:
     """The ``unigen`` parser: subcommands verify, sample and bench, each with --help and examples."""
-    from .parametrization import PARAMETRIZATIONS
-    from .solvers import REGISTRY
-
     fmt = argparse.RawDescriptionHelpFormatter
     parser = _Parser(prog="unigen", description=__doc__, epilog=EPILOG, formatter_class=fmt)
     parser.add_argument("--version", action="version", version=f"unigen {__version__}")
@@ -543,7 +498,7 @@ def build_parser() -> argparse.ArgumentParser:
     v.add_argument("--only", metavar="TEXT", help="run only the claims whose name contains TEXT (case-insensitive)")
     v.set_defaults(func=_verify)
 
-    sp = sub.add_parser("sample", parents=[common], formatter_class=fmt, epilog=SAMPLE_EPILOG.format(solvers=_wrap(", ".join(sorted(REGISTRY)))),
+    sp = sub.add_parser("sample", parents=[common], formatter_class=fmt, epilog=SAMPLE_EPILOG.format(solvers=_wrap(", ".join(sorted(solvers.REGISTRY)))),
                         help="sample a toy data set with any solver and draw it (exact oracle for gmm)",
                         description=_wrap("Sample a toy data set with any registered solver and save a scatter "
                                           "plot (an image grid for digits)."))

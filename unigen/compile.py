@@ -70,7 +70,7 @@ class CompiledSampler:
         self._graph.replay()
         return self._static_out.clone()
 
-    def _capture(self, warmup: int) -> None:
+    def capture(self, warmup: int) -> None:
         """Warm up on a side stream (allocator, lazy init), then capture one run into a graph."""
         self._static_in = torch.zeros(self.shape, dtype=self.dtype, device=self.device)
         side = torch.cuda.Stream(device=self.device)
@@ -174,5 +174,5 @@ def compiled_sampler(
         loop = torch.compile(_own_code(loop), **({"fullgraph": True} | compile_kwargs))
     out = CompiledSampler(model, solver, grid, shape, dtype, device, mode, loop, nfe)
     if mode == "cuda_graph":
-        out._capture(warmup)
+        out.capture(warmup)
     return out

@@ -27,6 +27,7 @@ from torch import Tensor
 from .model import Model
 from .noise import randn
 from .process import EDM, Process
+from .solvers.langevin import MALA, Langevin
 
 __all__ = ["EnergyModel", "PersistentChains", "contrastive_divergence_loss"]
 
@@ -180,8 +181,6 @@ def contrastive_divergence_loss(
         reg: Du & Mordatch's energy-magnitude penalty reg * (mean E(x)^2 + mean E(x^-)^2).
         return_negatives: also return the negatives.
     """
-    from .solvers.langevin import MALA, Langevin
-
     if not isinstance(energy_model, EnergyModel):
         raise TypeError(f"energy_model must be an EnergyModel, got {type(energy_model).__name__}")
     if not isinstance(x, Tensor) or x.ndim < 2:

@@ -30,7 +30,7 @@ data time t0 to the noise time T. Along the ODE d/dt log|det dz_t/dx| = tr(du/dz
 and log p_{t0}(x) = log p_T(z_T) + log|det dz_T/dx|, the instantaneous change of variables
 that :func:`unigen.likelihood.log_likelihood` computes. The forward direction *is* a call to
 ``log_likelihood`` (with a zero prior, reading z_T and delta_logp from its info); the inverse
-integrates the same augmented field (``likelihood._AugmentedODE``) with the same torchdiffeq
+integrates the same augmented field (``likelihood.AugmentedODE``) with the same torchdiffeq
 call and landing options, only over [T, t0]; there is no second integrator.
 """
 
@@ -42,8 +42,10 @@ from collections.abc import Sequence
 import torch
 from torch import Tensor, nn
 
+from .likelihood import DIVERGENCES, PROBES, AugmentedODE, likelihood_range, log_likelihood, trainable_parameters
 from .model import Model
 from .noise import randn
+from .solvers.adaptive import landing_options
 
 __all__ = ["ActNorm", "AffineCoupling", "Bijector", "ContinuousFlow", "Flow", "InvertibleLinear", "StandardNormal"]
 
@@ -404,8 +406,6 @@ class ContinuousFlow(Bijector):
     def __init__(self, model: Model, t0: float | None = None, T: float | None = None, rtol: float = 1e-5, atol: float = 1e-5,
                  divergence: str = "exact", n_probes: int = 1, probe: str = "rademacher", method: str = "dopri5", grad: bool = False):  # fmt: skip
         super().__init__()
-        from .likelihood import DIVERGENCES, PROBES, likelihood_range
-
         if not isinstance(model, Model):
             raise TypeError(f"model must be a unigen Model, got {type(model).__name__}")
         if divergence not in DIVERGENCES:
@@ -424,8 +424,6 @@ class ContinuousFlow(Bijector):
 
     def forward(self, x: Tensor, generator: torch.Generator | None = None):
         """(z_T, +int_{t0}^{T} div u dt), through ``log_likelihood``."""
-        from .likelihood import log_likelihood
-
         self._check(x, "x")
         _, info = log_likelihood(
             self.model, x, t0=self.t0, T=self.T, prior=lambda z: z.new_zeros(z.shape[0]), return_info=True,
@@ -439,15 +437,13 @@ class ContinuousFlow(Bijector):
         field and torchdiffeq call, over the reversed span."""
         from torchdiffeq import odeint
 
-        from .likelihood import _AugmentedODE, _parameters
-        from .solvers.adaptive import landing_options
 
         self._check(z, "z")
         probes = None
         if self.divergence == "hutchinson":
             g = randn((self.n_probes,) + tuple(z.shape), generator=generator, dtype=z.dtype, device=z.device)
             probes = g if self.probe == "gaussian" else torch.sign(g)
-        func = _AugmentedODE(self.model, probes, _parameters(self.model) if self.grad else [])
+        func = AugmentedODE(self.model, probes, trainable_parameters(self.model) if self.grad else [])
         ts = torch.tensor([self.T, self.t0], dtype=z.dtype, device=z.device)
         delta_shape = (z.shape[0],) if probes is None else (self.n_probes, z.shape[0])
         state = (z, torch.zeros(delta_shape, dtype=z.dtype, device=z.device))

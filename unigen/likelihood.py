@@ -33,7 +33,10 @@ from .sample import check_model_kwargs
 from .schedules import _finite_end
 from .solvers.adaptive import landing_options
 
-__all__ = ["log_likelihood", "likelihood_range", "bits_per_dim", "discrete_vlb", "LikelihoodInfo", "VLBResult", "divergence"]
+__all__ = [
+    "log_likelihood", "likelihood_range", "bits_per_dim", "discrete_vlb", "LikelihoodInfo", "VLBResult", "divergence",
+    "AugmentedODE", "trainable_parameters",
+]
 
 DIVERGENCES = ("exact", "hutchinson")
 PROBES = ("rademacher", "gaussian")
@@ -81,8 +84,9 @@ def divergence(v: Tensor, z: Tensor, probes: Tensor | None = None, create_graph:
         return torch.stack(rows, 1).sum(1)
 
 
-class _AugmentedODE(nn.Module):
-    """(z, Delta) -> (u, div u): the vector field torchdiffeq integrates (an nn.Module for the adjoint)."""
+class AugmentedODE(nn.Module):
+    """(z, Delta) -> (u, div u): the vector field torchdiffeq integrates (an nn.Module for the adjoint);
+    ``log_likelihood`` and ``flows.ContinuousFlow.inverse`` integrate it in opposite directions."""
 
     def __init__(self, model: Model, probes: Tensor | None, params: list, model_kwargs: dict | None = None):
         super().__init__()
@@ -103,7 +107,7 @@ class _AugmentedODE(nn.Module):
         return v, div
 
 
-def _parameters(model) -> list:
+def trainable_parameters(model) -> list:
     """Trainable tensors reachable from a Model (its network, or the models it wraps)."""
     out, seen, stack = [], set(), [model]
     while stack:
@@ -215,8 +219,8 @@ def log_likelihood(
         g = randn(shape, generator=generator, dtype=x.dtype, device=x.device)
         probes = g if probe == "gaussian" else torch.sign(g)
 
-    params = _parameters(model) if grad else []
-    func = _AugmentedODE(model, probes, params, model_kwargs)
+    params = trainable_parameters(model) if grad else []
+    func = AugmentedODE(model, probes, params, model_kwargs)
     ts = torch.tensor([t0, T], dtype=x.dtype, device=x.device)
     delta_shape = (x.shape[0],) if probes is None else (n_probes, x.shape[0])
     state = (x, torch.zeros(delta_shape, dtype=x.dtype, device=x.device))

@@ -21,6 +21,7 @@ from torch import Tensor, nn
 from ._utils import as_time, check_time_shape, compute_dtype, expand_like
 from .parametrization import TABLE, PathCoefficients, Prediction, reproject, check_parametrization
 from .process import Process, time_change
+from .schedules import sample_range
 
 __all__ = ["Model", "guided"]
 
@@ -198,8 +199,6 @@ class Model:
         the start moves down to t_hi, the end up to t_lo (a zero-noise end that t_lo
         reaches is kept, so the last step still lands on x0_hat).
         """
-        from .schedules import sample_range
-
         start, end = sample_range(self.process)
         lo, hi = self.t_range
         return min(start, hi), max(end, lo)

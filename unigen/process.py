@@ -24,7 +24,8 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from ._utils import as_time, check_in_domain
+from ._utils import as_time, check_in_domain, check_time_shape, expand_like
+from .noise import randn
 
 __all__ = [
     "REGISTRY",
@@ -194,8 +195,6 @@ class Process:
 
     def marginal(self, x: Tensor, t, eps: Tensor) -> Tensor:
         """z_t = alpha(t) x + sigma(t) eps, with t of shape [] or [batch]."""
-        from ._utils import check_time_shape, expand_like
-
         t = as_time(t, like=x)
         check_time_shape(t, x)
         self.check_t(t)
@@ -209,8 +208,6 @@ class Process:
 
     def prior_sample(self, shape, generator=None, dtype=None, device=None) -> Tensor:
         """Draw z_{t_max} ~ N(0, sigma(t_max)^2 I); ``generator`` may be a list (one per batch item)."""
-        from .noise import randn
-
         return self.prior_std() * randn(shape, generator=generator, dtype=dtype, device=device)
 
     def check_t(self, t: Tensor, name: str = "t") -> None:
@@ -960,7 +957,7 @@ class ProcessKey:
         return self._hash
 
     def __eq__(self, other):
-        return isinstance(other, ProcessKey) and self._hash == other._hash and self.items == other.items
+        return isinstance(other, ProcessKey) and hash(self) == hash(other) and self.items == other.items
 
     def __repr__(self):
         return f"ProcessKey({self.items[0]!r})"

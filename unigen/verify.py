@@ -17,9 +17,17 @@ from typing import Callable
 
 import torch
 
+from . import flows
 from . import process as P
+from . import solvers as S
 from .analytic import GaussianMixture, ring_mixture
+from .likelihood import discrete_vlb, log_likelihood
+from .losses import loss, target_mse
+from .model import Model
 from .parametrization import PARAMETRIZATIONS, convert
+from .sample import sample
+from .schedules import make_grid, sample_range
+from .vae import one_step_diffusion_vae
 
 __all__ = ["Claim", "CLAIMS", "claim", "run_claims", "format_table"]
 
@@ -138,9 +146,6 @@ def _max_err(a, b):
 
 @claim("DDIM == DPM-Solver-1 == DPM-Solver++-1 == UniP-1 == Euler(sigma clock) == DEIS-1", "VP.linear, eps, 20 logsnr steps", 1e-10)
 def first_order_family() -> float:
-    from . import solvers as S
-    from .sample import sample
-
     model, z = oracle().model(P.VP.linear(), "eps"), _noise()
     ref = sample(model, S.DDIM(), steps=20, noise=z)[0]
     others = [S.DPMSolver(1), S.DPMSolverPP(1), S.UniPC(1, corrector=False), S.Euler(clock="sigma"), S.DEIS(1)]
@@ -149,9 +154,6 @@ def first_order_family() -> float:
 
 @claim("UniP-2 (B(h) = e^h - 1) == DPM-Solver++(2M)", "VP.linear, eps, 20 logsnr steps", 1e-10)
 def unip2_is_dpmpp2m() -> float:
-    from . import solvers as S
-    from .sample import sample
-
     model, z = oracle().model(P.VP.linear(), "eps"), _noise()
     a = sample(model, S.UniPC(2, variant="bh2", corrector=False), steps=20, noise=z)[0]
     return _max_err(a, sample(model, S.DPMSolverPP(2), steps=20, noise=z)[0])
@@ -159,10 +161,6 @@ def unip2_is_dpmpp2m() -> float:
 
 @claim("DDIM on VP == Euler on flow matching (Model.to)", "VP.linear eps -> FlowMatching velocity, 30 steps", 1e-10)
 def ddim_is_euler_fm() -> float:
-    from . import solvers as S
-    from .sample import sample
-    from .schedules import make_grid
-
     vp, fm = P.VP.linear(), P.FlowMatching()
     model, z = oracle().model(vp, "eps"), _noise()
     ts = make_grid(vp, "logsnr", 30)
@@ -174,10 +172,6 @@ def ddim_is_euler_fm() -> float:
 
 @claim("DDIM invariant to (alpha, sigma) -> c(t)(alpha, sigma)", "VP.linear vs c(t) = 1 + 2t^2, 25 steps", 1e-10)
 def ddim_scale_invariant() -> float:
-    from . import solvers as S
-    from .sample import sample
-    from .schedules import make_grid
-
     vp = P.VP.linear()
     c = lambda t: 1.0 + 2.0 * t**2  # noqa: E731
     scaled = P.Affine(alpha=lambda t: c(t) * vp.alpha(t), sigma=lambda t: c(t) * vp.sigma(t))
@@ -189,9 +183,6 @@ def ddim_scale_invariant() -> float:
 
 @claim("EDM Heun == Heun on the sigma clock", "EDM x0-model vs VP.linear eps-model, 15 steps", 1e-10)
 def edm_heun() -> float:
-    from . import solvers as S
-    from .sample import sample
-
     edm, vp, gm, z = P.EDM(), P.VP.linear(), oracle(), _noise()
     lam = torch.linspace(-2 * math.log(70.0), 8.0, 16, dtype=torch.float64)
     t_vp, t_edm = vp.t_from_log_snr(lam), edm.t_from_log_snr(lam)
@@ -202,9 +193,6 @@ def edm_heun() -> float:
 
 @claim("same samples from eps-, x0-, v- and velocity-form models", "DPM-Solver++(3M), UniPC-2, Heun; VP.linear", 1e-10)
 def parametrization_invariance() -> float:
-    from . import solvers as S
-    from .sample import sample
-
     gm, vp, z = oracle(), P.VP.linear(), _noise()
     worst = 0.0
     for solver in (S.DPMSolverPP(3), S.UniPC(2), S.Heun()):
@@ -216,9 +204,6 @@ def parametrization_invariance() -> float:
 
 @claim("DDPM ancestral (small variance) == DDIM(eta=1); SDE-DPM-Solver++-1 == DDPM", "VP.linear, eps, 20 steps, same generator", 1e-10)
 def ancestral_family() -> float:
-    from . import solvers as S
-    from .sample import sample
-
     model, z = oracle().model(P.VP.linear(), "eps"), _noise()
     run = lambda s: sample(model, s, steps=20, noise=z, generator=torch.Generator().manual_seed(7))[0]  # noqa: E731
     ref = run(S.DDPM("small"))
@@ -227,9 +212,6 @@ def ancestral_family() -> float:
 
 @claim("eta = 0 ends of the SDE samplers: EM == Euler, EDM churn 0 == Heun(sigma), SDE-DPM++ == DPM++(2M)", "VP.linear, eps, 20 steps", 1e-10)
 def sde_ode_limits() -> float:
-    from . import solvers as S
-    from .sample import sample
-
     model, z = oracle().model(P.VP.linear(), "eps"), _noise()
     run = lambda s: sample(model, s, steps=20, noise=z, generator=torch.Generator().manual_seed(7))[0]  # noqa: E731
     pairs = [(S.EulerMaruyama(eta=0.0), S.Euler()), (S.EDMStochastic(churn=0.0), S.Heun(clock="sigma")),
@@ -239,9 +221,6 @@ def sde_ode_limits() -> float:
 
 @claim("DEIS-k == DPM-Solver-kM Taylor form (k = 2, 3)", "VP.linear, VE, EDM; 30 steps; two independent derivations", 1e-10)
 def deis_is_dpm_taylor() -> float:
-    from . import solvers as S
-    from .sample import sample
-
     gm, worst = oracle(), 0.0
     for p in (P.VP.linear(), P.VE(), P.EDM()):
         z = _noise() * p.prior_std()
@@ -254,9 +233,6 @@ def deis_is_dpm_taylor() -> float:
 
 @claim("PF-ODE log-likelihood == closed-form log p_t0 of the oracle", "exact divergence, dopri5 1e-10; VP, VE, EDM, FM; 2-D", 1e-4)
 def likelihood_closed_form() -> float:
-    from .likelihood import log_likelihood
-    from .schedules import sample_range
-
     gm, worst = oracle(), 0.0
     x = gm.sample(8, generator=torch.Generator().manual_seed(11))
     for p, param in ((P.VP.linear(), "eps"), (P.VE(), "x0"), (P.EDM(), "denoiser"), (P.FlowMatching(), "velocity")):
@@ -269,8 +245,6 @@ def likelihood_closed_form() -> float:
 
 @claim("every training target is a weighted eps-MSE: loss(weighting=P) == ||P_hat - P||^2", f"6 targets x {_N} processes, per sample", 1e-10)
 def losses_are_weighted_eps_mse() -> float:
-    from .losses import loss, target_mse
-
     gm, worst = oracle(), 0.0
     g = torch.Generator().manual_seed(12)
     x = gm.sample(16, generator=g)
@@ -287,8 +261,6 @@ def losses_are_weighted_eps_mse() -> float:
 
 @claim("normalizing-flow log-determinants == autograd slogdet; inverse(forward(x)) == x", "ActNorm, InvertibleLinear, AffineCoupling (vectors and 1x1-conv images), random parameters", 1e-8)
 def bijector_logdets() -> float:
-    from . import flows
-
     worst = 0.0
     g = torch.Generator().manual_seed(13)
     for image in (False, True):
@@ -310,10 +282,6 @@ def bijector_logdets() -> float:
 
 @claim("VAE ELBO == minus the T = 1 diffusion VLB (one-step VP.discrete)", "linear-Gaussian encoder, tanh decoder, beta_1 = 0.02, same noise", 1e-10)
 def vae_is_one_step_diffusion() -> float:
-    from .likelihood import discrete_vlb
-    from .model import Model
-    from .vae import one_step_diffusion_vae
-
     b1, b, d = 0.02, 7, 3
     net = lambda z, t: torch.tanh(1.3 * z) + 0.05 * t[:, None]  # noqa: E731  any x0 network
     x = torch.randn(b, d, generator=torch.Generator().manual_seed(14), dtype=torch.float64)
@@ -332,8 +300,6 @@ def vae_is_one_step_diffusion() -> float:
 
 def convergence_slope(solver, steps=(64, 128, 256)) -> float:
     """Measured order: slope of log2(error) vs log2(steps) against the exact Gaussian flow."""
-    from .sample import sample
-
     vp = P.VP.linear()
     gauss = GaussianMixture(torch.tensor([[0.5, -1.0, 2.0]], dtype=torch.float64), torch.tensor([[0.6, 1.3, 0.2]], dtype=torch.float64))
     z = torch.randn(32, 3, generator=torch.Generator().manual_seed(0), dtype=torch.float64)

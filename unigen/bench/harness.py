@@ -52,11 +52,14 @@ from dataclasses import dataclass, field
 import torch
 
 from .. import process as P
+from .. import train
 from ..analytic import GaussianMixture, ring_mixture
+from ..calibration import optimize_schedule
+from ..likelihood import log_likelihood
 from ..reference import ode_endpoint
 from ..sample import sample
 from ..progress import progress_bar
-from ..schedules import default_schedule, make_grid, sample_range
+from ..schedules import _finite_end, default_schedule, make_grid, sample_range
 from ..solvers import REGISTRY
 from .metrics import endpoint_rmse, median_bandwidth, rbf_mmd2, sliced_wasserstein2
 
@@ -258,8 +261,6 @@ def trained_problem(data: str, process: str = "fm", param: str | None = None, tr
     digits model is trained on all but the first 600 images (the held-out pool for the metrics
     and the NLL), and its file name ends in ``-holdout600``. The network is cast to float64.
     """
-    from .. import train
-
     cli_name = {v: k for k, v in TOY_DATA.items()}.get(data, data)
     if cli_name not in TOY_DATA:
         raise ValueError(f"unknown data {data!r}; valid names are {', '.join(TOY_DATA)}")
@@ -365,8 +366,6 @@ def optimized(spec: SolverSpec, n_calibration: int = 1024, max_evals: int | None
     """``spec`` with its grid optimised per (problem, step count) by :func:`unigen.optimize_schedule`
     on ``n_calibration`` draws of the problem's noise under their own seed (disjoint from the
     sweep's noise); labelled "<label>, optimized". Deterministic solvers only."""
-    from ..calibration import optimize_schedule
-
     def optimized_grid(problem, solver, steps):
         calib = problem.noise(n_calibration, torch.Generator().manual_seed(CALIBRATION_SEED))
         return optimize_schedule(problem.model, solver, steps, noise=calib, max_evals=max_evals).grid
@@ -443,8 +442,6 @@ def nll(problem: Problem, x: torch.Tensor, method: str = "dopri5", steps: int | 
     sampling range reversed). An oracle's prior is its exact marginal p_T, so the only error is
     the ODE's. Returns (None, nfe) on a runner's non-main ranks for the adaptive solve.
     """
-    from ..likelihood import log_likelihood
-
     runner = runner or LocalRunner()
     t_hi, t_lo = sample_range(problem.process)
     kw = {}
@@ -477,8 +474,6 @@ def _endpoint(problem: Problem, t: float) -> dict:
 
 def _finite_t(process, t: float) -> float:
     """t, or the likelihood's default t0 where log-SNR(t) is infinite (flow matching ends at 0)."""
-    from ..schedules import _finite_end
-
     return t if math.isfinite(float(process.log_snr(torch.tensor(t, dtype=torch.float64)))) else _finite_end(process)
 
 

@@ -15,6 +15,7 @@ import time
 
 import torch
 
+from .. import __version__
 from .harness import get_problem, sweep
 
 
@@ -385,8 +386,6 @@ def run(dims, kinds, budgets, n, specs, out: pathlib.Path, *, seed: int = 0, qui
     int, or a dict problem name -> steps. ``runner``: a sharding runner
     (:mod:`unigen.bench.distributed`); only its main rank prints and writes.
     """
-    import unigen
-
     main = runner is None or runner.is_main
     echo = (lambda *a, **k: print(*a, **k)) if main else (lambda *a, **k: None)  # noqa: E731
     names = list(problems) if problems is not None else [f"gmm{d}-{k}" for d in dims for k in kinds]
@@ -441,7 +440,7 @@ def run(dims, kinds, budgets, n, specs, out: pathlib.Path, *, seed: int = 0, qui
                      "nll": "PF-ODE exact divergence; accurate: dopri5 rtol=atol=1e-7; per budget: torchdiffeq "
                             "euler/midpoint/rk4 on the problem's default grid",
                      "world_size": getattr(runner, "world_size", 1), "skipped": skipped},
-        "environment": {"python": platform.python_version(), "torch": torch.__version__, "unigen": unigen.__version__,
+        "environment": {"python": platform.python_version(), "torch": torch.__version__, "unigen": __version__,
                         "threads": torch.get_num_threads(), "machine": platform.machine()},
         "wall_seconds": wall,
         "plots": plot_paths,

@@ -37,6 +37,7 @@ from torch import Tensor
 from .._utils import as_time
 from ..model import Model
 from ..process import VP, FlowMatching, Process, VPDiscrete
+from ..schedules import check_grid, make_grid
 
 __all__ = ["DiffusersSpec", "ShiftedFlowMatching", "diffusers_betas", "diffusers_grid", "diffusers_model", "from_diffusers"]
 
@@ -197,8 +198,6 @@ def diffusers_grid(scheduler_or_config, steps: int) -> Tensor:
     (t = 1/N; when the last timestep is already 0, diffusers' final step is zero-length and
     the grid ends there, one model call fewer, same samples).
     """
-    from ..schedules import check_grid, make_grid
-
     cfg, _ = _config_and_name(scheduler_or_config)
     spec = from_diffusers(scheduler_or_config)
     if not isinstance(spec.process, VPDiscrete) or spec.schedule == "karras":

@@ -17,6 +17,7 @@ from torch import Tensor
 from .._utils import compute_dtype, expand_like
 from ..model import Model
 from ..process import EDM, Process
+from ..schedules import _finite_end, sample_range
 
 __all__ = ["from_kdiffusion_denoiser", "to_kdiffusion_denoiser"]
 
@@ -52,8 +53,6 @@ def to_kdiffusion_denoiser(model: Model) -> Callable[[Tensor, Tensor], Tensor]:
         t = process.t_from_log_snr(-2.0 * torch.log(s)).clamp(process.t_min, process.t_max)
         z = x * expand_like(process.alpha(t), x)
         return model.predict(z, t).x0
-
-    from ..schedules import _finite_end, sample_range
 
     t_start, t_end = sample_range(process)[0], _finite_end(process)
     ve = process.ve_sigma(torch.tensor([t_end, t_start], dtype=torch.float64))

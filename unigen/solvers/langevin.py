@@ -48,6 +48,8 @@ import math
 import torch
 from torch import Tensor
 
+from .._utils import compute_dtype
+from ..model import Model
 from .base import Dynamics, Noise, Solver, get_solver
 from .grid import Grid
 
@@ -142,9 +144,6 @@ class _MCMC(Solver, register=False):
         Returns z after the iterations, in z's dtype. Leaves p_t invariant for MALA; for ULA
         up to the O(delta) bias above.
         """
-        from .._utils import compute_dtype
-        from ..model import Model
-
         if not isinstance(model, Model):
             raise TypeError(f"model must be a unigen Model, got {type(model).__name__}")
         t = model.validate(z, t)
