@@ -66,7 +66,7 @@ def conversion(node, src: str, dst: str) -> tuple[float, float]:
 class _StepPlan:
     n_noise: int
     n_hist: int
-    stages: tuple  # ((terms, node), ...): the point's terms and where to evaluate
+    stages: tuple  # ((terms, node), ...): the point's terms and where to evaluate (terms: see Plan)
     stores: tuple  # (terms, ...)
     update: tuple  # terms
     nfe: int
@@ -74,7 +74,8 @@ class _StepPlan:
 
 @dataclass(frozen=True)
 class Plan:
-    """A compiled program: per step, terms ``(is_one, coefficient_tensor, slot)``."""
+    """A compiled program: per step, terms ``((is_one, coefficient_tensor, slot), ...)``, or a
+    bare slot index where a combination is one value with coefficient 1 (no arithmetic)."""
 
     steps: tuple
     keep: int
@@ -116,7 +117,16 @@ def compile_program(program: Program, parametrization: str, dtype: torch.dtype, 
             floats += [c for c in terms.values() if not isinstance(c, Tensor)]
     it = iter(torch.tensor(floats, dtype=torch.float64).to(dtype=dtype, device=device).unbind(0) if floats else ())
 
-    def tensorise(terms: dict, n_noise: int, n_hist: int) -> tuple:
+    def tensorise(terms: dict, n_noise: int, n_hist: int):
+        """The terms as ((is_one, coefficient, slot), ...), a bare slot (int) for 1 * value, or
+        None for an empty combination (zero)."""
+        if not terms:
+            return None
+        if len(terms) == 1:
+            ((symbol, c),) = terms.items()
+            if not isinstance(c, Tensor) and c == 1.0:
+                next(it)  # keep the tensor stream aligned with the floats collected above
+                return _slot(symbol, n_noise, n_hist)
         out = []
         for symbol, c in terms.items():
             slot = _slot(symbol, n_noise, n_hist)
@@ -164,8 +174,16 @@ def _expand(lin, points: list, conv: dict, step, parametrization: str):
         if cz != 0.0:
             for s, w in points[k].items():
                 _add(raw, s, c * cz * w)
-            _add(with_points, "z" if points[k] == {"z": 1.0} else ("p", k), c * cz)
+            _add(with_points, "z" if _is_state(points[k]) else ("p", k), c * cz)
     return _drop_zeros(raw), _drop_zeros(with_points)
+
+
+def _is_state(terms: dict) -> bool:
+    """True if the combination is exactly 1 * Z (a float 1, not a tunable tensor)."""
+    if len(terms) != 1 or "z" not in terms:
+        return False
+    c = terms["z"]
+    return not isinstance(c, Tensor) and c == 1.0
 
 
 def _drop_zeros(terms: dict) -> dict:
@@ -194,7 +212,11 @@ class ExecutionState:
         self.history: list = []
 
 
-def _combine(terms: tuple, vals: list) -> Tensor:
+def _combine(terms, vals: list) -> Tensor:
+    if terms.__class__ is int:  # a single term with coefficient 1: the value itself
+        return vals[terms]
+    if terms is None:  # an empty combination
+        return torch.zeros_like(vals[0])
     one, coef, slot = terms[0]
     out = vals[slot] if one else vals[slot] * coef
     for one, coef, slot in terms[1:]:
@@ -212,10 +234,11 @@ def run_step(state: ExecutionState, i: int, dyn, z: Tensor, noise) -> Tensor:
     for j in range(plan.n_hist):
         vals.append(hist[-1 - j])
     for terms, node in plan.stages:
-        point = _combine(terms, vals) if terms else torch.zeros_like(z)
+        point = vals[terms] if terms.__class__ is int else _combine(terms, vals)
         vals.append(point)
         vals.append(dyn.raw(point, node.t, node))
     if plan.stores:
-        hist.extend([_combine(terms, vals) if terms else torch.zeros_like(z) for terms in plan.stores])
+        hist.extend([vals[terms] if terms.__class__ is int else _combine(terms, vals) for terms in plan.stores])
         del hist[: -state.plan.keep]
-    return _combine(plan.update, vals) if plan.update else torch.zeros_like(z)
+    update = plan.update
+    return vals[update] if update.__class__ is int else _combine(update, vals)
