@@ -1,26 +1,25 @@
 """unigen: every Gaussian-path generative model as Process x Parametrization x Solver."""
 
-from . import analytic, solvers
+__version__ = "0.1.0"  # first: unigen.cli and unigen.bench.report import it
+
+# every module imports what it needs at its own top, so the order here is only alphabetical
+from . import analytic, calibration, ebm, flows, likelihood, losses, solvers, train, vae
 from ._utils import IncompatibleSolverError, SingularConversionError
 from .analytic import GaussianMixture
+from .calibration import optimize_schedule
+from .compile import compiled_sampler
+from .ebm import EnergyModel, PersistentChains, contrastive_divergence_loss
+from .flows import ContinuousFlow, Flow
+from .likelihood import bits_per_dim, discrete_vlb, log_likelihood
+from .losses import loss
 from .model import Model, guided
 from .parametrization import PARAMETRIZATIONS, Prediction, coefficients, convert
 from .process import EDM, VE, VP, Affine, Cosine, FlowMatching, Process, SubVP, time_change
 from .sample import SampleInfo, sample
 from .schedules import SCHEDULES, make_grid
-from . import calibration  # noqa: E402
-from .calibration import optimize_schedule
-from .compile import compiled_sampler
 from .solvers import *  # noqa: F401,F403  (every registered solver: ug.DDIM, ug.DPMSolverPP, ...)
-from . import likelihood, losses, train  # noqa: E402  (after solvers: they build on them)
-from .likelihood import bits_per_dim, discrete_vlb, log_likelihood
-from .losses import loss
-from . import ebm, flows, vae  # noqa: E402  (the discrete special cases, on top of the rest)
-from .ebm import EnergyModel, PersistentChains, contrastive_divergence_loss
-from .flows import ContinuousFlow, Flow
 from .vae import VAE
 
-__version__ = "0.1.0"
 
 __all__ = [
     "analytic",
