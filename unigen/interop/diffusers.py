@@ -69,6 +69,10 @@ class ShiftedFlowMatching(Process):
     default_schedule = "uniform"
     sample_end = 0.0
 
+    @classmethod
+    def examples(cls):
+        return {"fm_shift3": cls(3.0)}  # SD3's shift
+
     def __init__(self, shift: float):
         if isinstance(shift, bool) or not isinstance(shift, (int, float)) or not (math.isfinite(shift) and shift > 0):
             raise ValueError(f"shift must be a positive finite number, got {shift!r}")
