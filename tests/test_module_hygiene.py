@@ -34,18 +34,10 @@ DEFERRED = {
 }
 
 # (file relative to the repository, private name) -> reason
-ALLOWED_PRIVATE = {
-    ("unigen/likelihood.py", "_finite_end"): "schedules._finite_end: unigen/schedules.py is restructured by its owner "
-                                             "(issue 12); to become public there, then this entry goes",
-    ("unigen/bench/harness.py", "_finite_end"): "same: schedules._finite_end",
-    ("unigen/interop/kdiffusion.py", "_finite_end"): "same: schedules._finite_end",
-}
+ALLOWED_PRIVATE: dict = {}
 
 # (file relative to the repository, the import as ast.unparse writes it) -> reason
-ALLOWED_LOCAL = {
-    ("unigen/solvers/sde.py", "import torchsde"): "unigen/solvers/sde.py is restructured by its owner (issue 12); "
-                                                  "torchsde imports in ~10 ms, so it can move to the top there",
-}
+ALLOWED_LOCAL: dict = {}
 
 
 # ---------------------------------------------------------------------------------------

@@ -30,7 +30,7 @@ from ._utils import refuse_non_finite
 from .model import Model
 from .noise import randn
 from .sample import check_model_kwargs
-from .schedules import _finite_end
+from .schedules import finite_end
 from .solvers.adaptive import landing_options
 
 __all__ = [
@@ -141,7 +141,7 @@ def likelihood_range(model: Model, t0: float | None = None, T: float | None = No
     process = model.process
     explicit = t0 is not None or T is not None
     T = model.default_range()[0] if T is None else float(T)
-    t0 = max(_finite_end(process), model.t_range[0]) if t0 is None else float(t0)
+    t0 = max(finite_end(process), model.t_range[0]) if t0 is None else float(t0)
     if not T > t0:
         raise ValueError(f"T must exceed t0, got t0={t0}, T={T}")
     process.check_t(torch.tensor([t0, T], dtype=torch.float64), "t0/T")

@@ -39,7 +39,7 @@ from torch import Tensor
 
 __all__ = [
     "SCHEDULES", "Schedule", "Uniform", "Quadratic", "LogSNR", "Karras", "DiffusersSpacing", "Times",
-    "register_schedule", "get_schedule", "make_grid", "check_grid", "sample_range", "default_schedule",
+    "register_schedule", "get_schedule", "make_grid", "check_grid", "sample_range", "finite_end", "default_schedule",
 ]
 
 _DISCRETE = ("leading", "trailing", "linspace")
@@ -98,12 +98,12 @@ def sample_range(process) -> tuple[float, float]:
         if start is None:
             start = process.t_max
         if end is None:
-            end = _finite_end(process)
+            end = finite_end(process)
         memo["range"] = (float(start), float(end))
     return memo["range"]
 
 
-def _finite_end(process) -> float:
+def finite_end(process) -> float:
     """The smallest customary time with finite log-SNR (t_min, or t_min + 1e-3 of the domain)."""
     end = getattr(process, "sample_end", None)
     for cand in ([end] if end is not None else []) + [process.t_min]:
@@ -198,7 +198,7 @@ class _LevelSpacing(Schedule):
         if zero_end:
             if steps < 2:
                 raise ValueError(f"schedule {self.name!r} ending at zero noise needs steps >= 2, got {steps}")
-            end_finite, n = _finite_end(process), steps - 1
+            end_finite, n = finite_end(process), steps - 1
         else:
             end_finite = end
         lam_end = float(process.log_snr(f64(end_finite)))

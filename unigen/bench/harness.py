@@ -59,7 +59,7 @@ from ..likelihood import log_likelihood
 from ..reference import ode_endpoint
 from ..sample import sample
 from ..progress import progress_bar
-from ..schedules import _finite_end, default_schedule, make_grid, sample_range
+from ..schedules import finite_end, default_schedule, make_grid, sample_range
 from ..solvers import REGISTRY
 from .metrics import endpoint_rmse, median_bandwidth, rbf_mmd2, sliced_wasserstein2
 
@@ -474,7 +474,7 @@ def _endpoint(problem: Problem, t: float) -> dict:
 
 def _finite_t(process, t: float) -> float:
     """t, or the likelihood's default t0 where log-SNR(t) is infinite (flow matching ends at 0)."""
-    return t if math.isfinite(float(process.log_snr(torch.tensor(t, dtype=torch.float64)))) else _finite_end(process)
+    return t if math.isfinite(float(process.log_snr(torch.tensor(t, dtype=torch.float64)))) else finite_end(process)
 
 
 def _nll_data(problem: Problem, a: torch.Tensor, n: int, seed: int) -> torch.Tensor:

@@ -17,7 +17,7 @@ from torch import Tensor
 from .._utils import compute_dtype, expand_like
 from ..model import Model
 from ..process import EDM, Process
-from ..schedules import _finite_end, sample_range
+from ..schedules import finite_end, sample_range
 
 __all__ = ["from_kdiffusion_denoiser", "to_kdiffusion_denoiser"]
 
@@ -54,7 +54,7 @@ def to_kdiffusion_denoiser(model: Model) -> Callable[[Tensor, Tensor], Tensor]:
         z = x * expand_like(process.alpha(t), x)
         return model.predict(z, t).x0
 
-    t_start, t_end = sample_range(process)[0], _finite_end(process)
+    t_start, t_end = sample_range(process)[0], finite_end(process)
     ve = process.ve_sigma(torch.tensor([t_end, t_start], dtype=torch.float64))
     denoiser.sigma_min, denoiser.sigma_max = float(ve[0]), float(ve[1])
     denoiser.model = model

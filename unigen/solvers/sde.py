@@ -31,6 +31,7 @@ from __future__ import annotations
 import math
 
 import torch
+import torchsde
 
 from .base import ProgramSolver, Solver, check_lower_order_final, multistep_order
 from .program import XI, H, Q, Stage, Step, Z
@@ -341,8 +342,6 @@ class TorchSDE(Solver):
 
     def _brownian(self, z, grid, noise):
         """One BrownianInterval over [-t_0, -t_n] for the batch, or one per item for a list of generators."""
-        import torchsde
-
         levy = "space-time" if self.method == "srk" else "none"
 
         def interval(gen, n_states):
@@ -362,8 +361,6 @@ class TorchSDE(Solver):
         return interval(gen, z.numel())
 
     def step(self, dyn, z, i, grid, state, noise):
-        import torchsde
-
         if state["singular"][i]:
             return _zero_snr_step(dyn, z, i, grid, noise), state
         shape = z.shape
