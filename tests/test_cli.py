@@ -272,7 +272,7 @@ def test_param_the_process_cannot_start_from(param, tmp_path, capsys, no_work):
     assert main(["sample", "--process", "fm", "--param", param, "--out", str(tmp_path / "x.png")]) == 2
     err = _one_line_error(capsys)
     assert f"--param {param} cannot be sampled with --process fm" in err
-    assert "valid --param values for --process fm are x0, v and velocity" in err
+    assert "valid --param values for --process fm are x0, v, velocity and v_n" in err
     assert "t_start" not in err and "t_end" not in err  # no option the CLI does not have
 
 

@@ -18,13 +18,14 @@ import pathlib
 import sys
 import textwrap
 
+import numpy as np
 import torch
 
 from . import __version__, solvers, train, verify
 from ._utils import IncompatibleSolverError, SingularConversionError
 from .analytic import ring_mixture
 from .bench import default_solvers, optimized, quick_solvers, report
-from .parametrization import PARAMETRIZATIONS
+from .parametrization import PARAMETRIZATIONS, input_convention, output_coefficients
 from .process import REGISTRY as PROCESS_REGISTRY
 from .process import get_process
 from .progress import progress_bar
@@ -196,17 +197,26 @@ TOY_FIT = {"batch_size": 256, "lr": 2e-3}
 TRAIN_STEPS = 3000
 
 
-def _alpha_at_start(process) -> float:
-    return float(process.alpha(torch.tensor(sample_range(process)[0], dtype=torch.float64)))
-
-
 def valid_params(process_name: str) -> list:
-    """The --param values a --process can be sampled with from its default start: where the
-    start is pure noise (alpha = 0, flow matching), an eps, score or denoiser output says nothing
-    about the data, so only x0, v and velocity remain."""
-    if _alpha_at_start(make_process(process_name)) == 0.0:
-        return [p for p in PARAMETRIZATIONS if p not in ("eps", "score", "denoiser")]
-    return list(PARAMETRIZATIONS)
+    """The --param values a --process can be sampled with from its default start: those whose
+    output determines (x0, eps) there (the parametrization table's row (a, b) with
+    alpha b - sigma a != 0, and defined inputs). Where the start is pure noise (alpha = 0, flow
+    matching) an eps, score or denoiser output says nothing about the data; x0, v, v_n and
+    velocity remain."""
+    process = make_process(process_name)
+    t = torch.tensor(sample_range(process)[0], dtype=torch.float64)
+    alpha, sigma = float(process.alpha(t)), float(process.sigma(t))
+    d_alpha, d_sigma = float(process.d_alpha(t)), float(process.d_sigma(t))
+    ok = []
+    for name in PARAMETRIZATIONS:
+        if input_convention(name) == "ve" and alpha == 0.0:
+            continue  # its inputs z/alpha, sigma/alpha are undefined
+        with np.errstate(all="ignore"):
+            a, b = output_coefficients(name, np.float64(alpha), np.float64(sigma), np.float64(d_alpha), np.float64(d_sigma))
+            det = alpha * b - sigma * a
+        if np.isfinite(det) and det != 0.0:
+            ok.append(name)
+    return ok
 
 
 def valid_schedules(process_name: str) -> list:
