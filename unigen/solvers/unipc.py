@@ -98,7 +98,8 @@ class UniPC(ProgramSolver):
         return self.corrector and i < grid.n - 1
 
     def step_program(self, grid, i, pre):
-        """Predictor z_t = A z - B psi_1 m_0 - B B(h) sum_k a_k D_k; corrector adds rho_p (m(z_t, t) - m_0)."""
+        """Predictor z_t = A z - B psi_1 m_0 - B B(h) sum_k rho^p_k D_k; the corrector replaces the sum by
+        sum_k rho^c_k D_k + rho^c_p (m(z_t, t) - m_0), with m(z_t, t) evaluated at the predicted point."""
         q = self._form.quantity
         k = multistep_order(grid, i, self.p, self.lower_order_final)
         h = grid.h(i)
