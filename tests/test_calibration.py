@@ -155,3 +155,17 @@ def test_a_float32_model_is_calibrated_in_float32():
     assert seen == {torch.float32} and math.isfinite(res.rmse) and res.rmse <= res.default_rmse
     x, _ = ug.sample(model, ug.DPMSolverPP(2), steps=5, schedule="optimized", shape=(4, 2), dtype=torch.float32)
     assert x.dtype == torch.float32 and seen == {torch.float32}
+
+
+@pytest.mark.parametrize("param", ["x0", "denoiser"])
+def test_ode_endpoint_lands_on_zero_noise_for_outputs_that_do_not_determine_eps_there(param):
+    """x0 / denoiser outputs give the velocity as 0/0 at sigma = 0: the reference stops at the
+    flow-matching time 1e-9 and lands on x0_hat; against the exact Gaussian flow (measured 2e-9)."""
+    from unigen.reference import ode_endpoint
+
+    g = ug.GaussianMixture(torch.tensor([[0.5, -1.0]], dtype=torch.float64), torch.tensor([[0.6, 1.3]], dtype=torch.float64))
+    z = 80.0 * torch.randn(8, 2, generator=torch.Generator().manual_seed(0), dtype=torch.float64)
+    p = ug.EDM()
+    x, nfe = ode_endpoint(g.model(p, param), z, 80.0, p.t_min)
+    assert float(p.sigma(torch.tensor(p.t_min, dtype=torch.float64))) == 0.0
+    assert float((x - g.exact_ode_solution(z, 80.0, p.t_min, p)).abs().max()) < 2e-8

@@ -184,3 +184,98 @@ def test_equal_processes_share_grids_and_a_new_model_object_is_a_cache_hit():
     assert prepared_grid(m3, ug.DDIM(), ts, torch.float64, torch.device("cpu")) is not g1
     affine = ug.process.Affine(alpha=lambda t: 1 - t, sigma=lambda t: t)  # no config: the object is its key
     assert affine.value_key() is affine
+
+
+# ---- found by review: shared grids, redefined classes, singular starts, bad programs ------------------
+def test_a_shared_grid_still_checks_each_models_start():
+    """A transferred model whose source is singular at the start is refused even after a plain model of
+    the same process and output type has used the same (cached, value-keyed) grid."""
+    gm = ug.analytic.ring_mixture()
+    good = gm.model(ug.FlowMatching(), "velocity")
+    bad = gm.model(ug.FlowMatching(), "eps").to(parametrization="velocity")
+    ts = torch.tensor([1.0, 0.5, 0.0], dtype=torch.float64)
+    ug.sample(good, "Euler", schedule=ts, shape=(2, 2))
+    with pytest.raises(ug.SingularConversionError, match="reads a eps-model"):
+        ug.sample(bad, "Euler", schedule=ts, shape=(2, 2))
+
+
+def test_a_redefined_process_class_does_not_reuse_the_old_grids():
+    def make(power):
+        class MyVE(ug.process.Affine):
+            configurable = True
+
+            def __init__(self):
+                super().__init__(alpha=lambda t: torch.ones_like(t), sigma=lambda t: 0.01 + 10 * t**power, t_min=0.0, t_max=1.0)
+
+        return MyVE()
+
+    one, two = make(1), make(2)
+    assert one.value_key() != two.value_key()
+
+
+def test_singlestep_warmup_out_of_pure_noise_takes_a_first_order_step():
+    gm = ug.analytic.ring_mixture()
+    m = gm.model(ug.FlowMatching(), "velocity")
+    z = torch.randn(64, 2, generator=torch.Generator().manual_seed(0), dtype=torch.float64)
+    x, info = ug.sample(m, ug.DPMSolverPP(3, warmup="singlestep"), steps=20, noise=z)
+    ref, _ = ug.sample(m, ug.DPMSolverPP(3), steps=20, noise=z)
+    assert torch.isfinite(x).all() and info.nfe == 20
+    assert float((x - ref).abs().max()) < 1e-2  # both third order; the warm-up differs only in its first steps
+
+
+def test_times_object_and_explicit_grids_with_a_range_are_handled():
+    from unigen.schedules import Times
+
+    m = ug.analytic.ring_mixture().model(ug.VP.linear(), "eps")
+    ts = torch.linspace(0.9, 0.1, 11, dtype=torch.float64)
+    z = torch.randn(4, 2, dtype=torch.float64)
+    a, info = ug.sample(m, "DDIM", schedule=Times(ts), noise=z)
+    b, _ = ug.sample(m, "DDIM", schedule=ts, noise=z)
+    assert info.nfe == 10 and torch.equal(a, b)
+    with pytest.raises(ValueError, match="t_start/t_end apply to a named schedule"):
+        ug.sample(m, "DDIM", schedule=ts, noise=z, t_start=0.5)
+
+
+def test_compiled_sampler_counts_the_real_grids_calls():
+    m = ug.analytic.ring_mixture().model(ug.FlowMatching(), "velocity")
+    s = ug.DPMSolver(3, warmup="singlestep")
+    cs = ug.compiled_sampler(m, s, steps=10, shape=(4, 2), mode="eager", dtype=torch.float64)
+    _, info = ug.sample(m, s, steps=10, shape=(4, 2), dtype=torch.float64)
+    assert cs.nfe == info.nfe == 10
+
+
+def test_program_building_blocks_refuse_bad_input():
+    g = grid(ug.VP.linear(), [0.8, 0.4])
+    with pytest.raises(ValueError, match="indices >= 0"):
+        XI(-1)
+    with pytest.raises(ValueError, match="indices >= 0"):
+        H(-1)
+    with pytest.raises(ValueError, match="unknown quantity 'foo'"):
+        Q(0, "foo")
+    with pytest.raises(ValueError, match="must be finite"):
+        Lin({"z": float("nan")})
+    with pytest.raises(ValueError, match="unknown symbol"):
+        Lin({"w": 1.0})
+    with pytest.raises(TypeError, match="store must be a tuple of Lin"):
+        Step((Stage(g.node(0), Z),), Q(0, "x0"), store=Q(0, "x0"))
+    with pytest.raises(TypeError, match="stages must be a tuple of Stage"):
+        Step((Z,), Z)
+    with pytest.raises(TypeError, match="update must be a Lin"):
+        Step((), 1.0)
+    with pytest.raises(TypeError, match="node must be a Node"):
+        Stage(0.5, Z)
+    program = ug.DDIM().program(g)
+    with pytest.raises(ValueError, match="must be 0-dim"):
+        program.with_coefficients([torch.ones(2)] * len(program.coefficients()))
+
+
+def test_register_parametrization_checks_its_row():
+    from unigen.parametrization import register_parametrization
+
+    with pytest.raises(ValueError, match="must map c .* to a pair of numbers"):
+        register_parametrization("not_a_pair", lambda c: 1.0)
+    with pytest.raises(ValueError, match="invariant to scaling"):
+        register_parametrization("v_in_ve", lambda c: (-c.sigma, c.alpha), inputs="ve")
+    with pytest.raises(ValueError, match="must map c"):
+        register_parametrization("velocity_in_ve", lambda c: (c.d_alpha, c.d_sigma), inputs="ve")
+    assert "not_a_pair" not in ug.PARAMETRIZATIONS and "v_in_ve" not in ug.PARAMETRIZATIONS

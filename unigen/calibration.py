@@ -242,7 +242,11 @@ def optimized_grid(model: Model, solver, steps: int | None, event_shape: tuple, 
     if steps is None:
         raise ValueError('schedule="optimized" needs steps=')
     solver = get_solver(solver)
-    key = (solver.cache_key() or id(solver), int(steps), t_start, t_end, tuple(event_shape), dtype)
+    config = solver.cache_key()
+    if config is None:  # no value to key the memo by: optimise afresh
+        return optimize_schedule(model, solver, steps, event_shape=tuple(event_shape), t_start=t_start, t_end=t_end,
+                                 dtype=dtype).grid
+    key = (config, int(steps), t_start, t_end, tuple(event_shape), dtype)
     memo = _OPTIMIZED.setdefault(model, {})
     if key not in memo:
         memo[key] = optimize_schedule(model, solver, steps, event_shape=tuple(event_shape),

@@ -169,7 +169,7 @@ def compiled_sampler(
             state = ExecutionState(plan) if plan is not None else None  # a fresh history per call
             return integrate(solver, dyn, z.to(work), grid, noise_fn, state=state).to(dtype)
 
-    nfe = solver.expected_nfe(grid.n, grid.ends_at_zero)
+    nfe = plan.nfe if plan is not None else solver.expected_nfe(grid.n, grid.ends_at_zero)  # the real grid's count
     if mode == "compile":
         loop = torch.compile(_own_code(loop), **({"fullgraph": True} | compile_kwargs))
     out = CompiledSampler(model, solver, grid, shape, dtype, device, mode, loop, nfe)

@@ -29,6 +29,7 @@ For flow matching v = (1-t) eps - t x, which is not the velocity u = eps - x.
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 from typing import Callable
 
@@ -81,9 +82,42 @@ def register_parametrization(name: str, coefficients: Callable, inputs: str = "z
         raise TypeError("coefficients must be a callable c -> (a, b)")
     if inputs not in INPUT_CONVENTIONS:
         raise ValueError(f"unknown input convention {inputs!r}; valid conventions are {', '.join(INPUT_CONVENTIONS)}")
+    row = _probe(name, coefficients, _Values(0.3, 1.7, -0.7, 0.9))
+    if inputs == "ve":
+        # a VE-input network sees only y = z/alpha and s = sigma/alpha: its row must not change under
+        # (alpha, sigma) -> k (alpha, sigma), and cannot use alpha', sigma' (not defined in those inputs)
+        scaled = _probe(name, coefficients, _Values(0.6, 3.4, None, None))
+        if any(abs(u - v) > 1e-12 * (abs(u) + abs(v) + 1e-300) for u, v in zip(row, scaled)):
+            raise ValueError(
+                f"parametrization {name!r} with inputs='ve' must have a row (a, b) invariant to scaling "
+                f"(alpha, sigma) -> k (alpha, sigma) (a function of sigma/alpha only): got {row} at (0.3, 1.7) and "
+                f"{scaled} at (0.6, 3.4)"
+            )
     entry = TABLE[name] = Parametrization(name, coefficients, inputs, description)
     PARAMETRIZATIONS.append(name)
     return entry
+
+
+class _Values:
+    __slots__ = ("alpha", "sigma", "d_alpha", "d_sigma")
+
+    def __init__(self, alpha, sigma, d_alpha, d_sigma):
+        self.alpha, self.sigma, self.d_alpha, self.d_sigma = alpha, sigma, d_alpha, d_sigma
+
+
+def _probe(name: str, coefficients: Callable, values) -> tuple[float, float]:
+    """coefficients(values) checked to be a pair of finite numbers (ValueError naming ``name`` else)."""
+    try:
+        a, b = coefficients(values)
+        row = (float(a), float(b))
+    except Exception as e:  # noqa: BLE001 - any failure of a user callable is reported as its contract
+        raise ValueError(
+            f"coefficients of parametrization {name!r} must map c (with alpha, sigma, d_alpha, d_sigma) to a pair "
+            f"of numbers (a, b); at alpha={values.alpha}, sigma={values.sigma} it raised {type(e).__name__}: {e}"
+        ) from e
+    if not all(math.isfinite(v) for v in row):
+        raise ValueError(f"coefficients of parametrization {name!r} are not finite at alpha={values.alpha}, sigma={values.sigma}: {row}")
+    return row
 
 
 register_parametrization("eps", lambda c: (0.0, 1.0), description="posterior mean of the noise (Ho et al. 2020)")
@@ -96,13 +130,6 @@ register_parametrization(
     "v_n", lambda c: (-c.sigma / (c.alpha * c.alpha + c.sigma * c.sigma) ** 0.5, c.alpha / (c.alpha * c.alpha + c.sigma * c.sigma) ** 0.5),
     description="scale-invariant v / sqrt(alpha^2 + sigma^2) (EDM's -F at sigma_data = 1)",
 )
-
-
-class _Values:
-    __slots__ = ("alpha", "sigma", "d_alpha", "d_sigma")
-
-    def __init__(self, alpha, sigma, d_alpha, d_sigma):
-        self.alpha, self.sigma, self.d_alpha, self.d_sigma = alpha, sigma, d_alpha, d_sigma
 
 
 def output_coefficients(name: str, alpha, sigma, d_alpha=None, d_sigma=None):

@@ -123,7 +123,7 @@ class Process:
                 values = [(name, _value(getattr(self, name))) for name in _init_parameters(cls)]
             except (AttributeError, TypeError):
                 return self
-            key = self.__dict__["_value_key"] = ProcessKey((cls.__name__, tuple(values)))
+            key = self.__dict__["_value_key"] = ProcessKey((cls, tuple(values)))  # the class itself: a redefinition differs
         return key
 
     @classmethod

@@ -17,7 +17,7 @@ from ._utils import SingularConversionError, compute_dtype, refuse_non_finite
 from .model import Model
 from .parametrization import PathCoefficients, check_determined, input_convention
 from .progress import progress_bar
-from .schedules import default_schedule, get_schedule, make_grid
+from .schedules import Times, default_schedule, get_schedule, make_grid
 from .solvers.base import Dynamics, Noise, get_solver
 from .solvers.grid import Grid
 
@@ -104,6 +104,8 @@ def sample(
     process = model.process
     if isinstance(schedule, (list, tuple)):
         schedule = torch.tensor([float(v) for v in schedule], dtype=torch.float64)
+    if isinstance(schedule, Times):  # given times: the same as passing the tensor
+        schedule = schedule.ts
     sched = None if schedule is None or isinstance(schedule, Tensor) else get_schedule(schedule)
     if steps is None and not isinstance(schedule, Tensor) and not (sched is not None and sched.needs_model):
         # an adaptive solver chooses its own steps between the grid's two ends
@@ -245,6 +247,9 @@ def model_grid(model: Model, schedule, steps, t_start=None, t_end=None) -> Tenso
     the model's valid ``t_range`` (a zero-noise last time below it is allowed: nothing is
     evaluated there)."""
     process = model.process
+    if isinstance(schedule, Tensor) and (t_start is not None or t_end is not None):
+        raise ValueError("t_start/t_end apply to a named schedule; a tensor of times is used exactly (its first and last "
+                         "times are the range): pass one or the other")
     if not isinstance(schedule, Tensor):
         d_start, d_end = model.default_range()
         if schedule is None:
@@ -273,9 +278,12 @@ def prepared_grid(model: Model, solver, ts: Tensor, data_dtype, device) -> Grid:
     for this solver and model: what :func:`sample` and ``unigen.compile`` integrate on."""
     grid = _grid(model.process, ts, compute_dtype(data_dtype), device, model.parametrization)
     solver.check(Dynamics(model, data_dtype), grid)
-    if model.parametrization not in grid.checked:
+    # the start check depends on every model this one reads there (Model.views_at), not only on
+    # its own parametrization: the key names them by value, so a shared grid never skips it
+    views = tuple((v.process.value_key(), v.parametrization, t) for v, t in model.views_at(float(grid.times[0])))
+    if views not in grid.checked:
         _check_start(model, grid)
-        grid.checked.add(model.parametrization)
+        grid.checked.add(views)
     return grid
 
 

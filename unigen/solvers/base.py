@@ -27,6 +27,7 @@ from __future__ import annotations
 import inspect
 import math
 
+import numpy as np
 import torch
 from torch import Tensor
 
@@ -274,6 +275,8 @@ def _reference_nfe(solver: ProgramSolver, n_steps: int, ends_at_zero: bool) -> i
         nfe = solver.program(grid).nfe
         if key[0] is None:
             return nfe
+        if len(_NFE) > 4096:  # bounded: configurations x step counts seen by one process
+            _NFE.clear()
         _NFE[key] = nfe
     return _NFE[key]
 
@@ -298,7 +301,9 @@ def multistep_order(grid: Grid, i: int, order: int, lower_order_final: bool, his
 def check_lower_order_final(value) -> bool | str:
     """The lower-order-final setting: True (below ``LOWER_ORDER_FINAL_BELOW`` steps, DPM-Solver's
     reference rule), False (never) or "always" (every step count, diffusers' UniPC rule)."""
-    if value is True or value is False or value == "always":
+    if isinstance(value, (bool, np.bool_)):
+        return bool(value)
+    if isinstance(value, str) and value == "always":
         return value
     raise ValueError(f"lower_order_final must be True, False or 'always', got {value!r}")
 
@@ -321,6 +326,9 @@ class FixedProgram(ProgramSolver, register=False):
         self.order = order
         self.stochastic = bool(stochastic)
         self.requires = frozenset({"x0_eps"})
+
+    def expected_nfe(self, n_steps, ends_at_zero):
+        return self.program_.nfe
 
     def program(self, grid):
         if grid.times != self.times:

@@ -92,8 +92,11 @@ class _DPMSolverBase(ProgramSolver, register=False):
     def nfe_per_step(self):  # type: ignore[override]
         return 1 if self.multistep else self._k
 
-    def _singlestep_at(self, i: int) -> bool:
-        """Singlestep at step i: always, or as multistep DPM-Solver-3's first step (warmup="singlestep")."""
+    def _singlestep_at(self, i: int, grid=None) -> bool:
+        """Singlestep at step i: always, or as multistep DPM-Solver-3's first step (warmup="singlestep"),
+        except out of alpha = 0, where the intermediate log-SNRs are -inf (a first-order step instead)."""
+        if grid is not None and self.multistep and grid.alpha[i] == 0.0:
+            return False
         return not self.multistep or (self.warmup == "singlestep" and self._k == 3 and i == 0)
 
     def check_grid(self, grid):
@@ -109,7 +112,7 @@ class _DPMSolverBase(ProgramSolver, register=False):
         last = grid.n - 1 if grid.ends_at_zero else grid.n
         points = []
         for i in range(last):
-            if self._singlestep_at(i):
+            if self._singlestep_at(i, grid):
                 k = multistep_order(grid, i, self._k if not self.multistep else 2, self.lower_order_final, history=False)
                 points += [(i, r, 2.0 * (grid.lam_dpm[i] + r * grid.h(i))) for r in {2: (0.5,), 3: (1 / 3, 2 / 3)}.get(k, ())]
         nodes = grid.node_at_log_snr([lam for _, _, lam in points])
@@ -127,7 +130,7 @@ class _DPMSolverBase(ProgramSolver, register=False):
             return Step((here,), grid.alpha[i + 1] * Q(0, "x0") + grid.sigma[i + 1] * Q(0, "eps"), store=(m0,))
         h = grid.h(i)
         A, B, hh = self._form.coefs(grid.alpha[i], grid.sigma[i], grid.alpha[i + 1], grid.sigma[i + 1], h)
-        if self._singlestep_at(i):
+        if self._singlestep_at(i, grid):
             return self._singlestep(grid, i, pre.get(i, []), A, B, hh, h, q)
         k = multistep_order(grid, i, self._k, self.lower_order_final)
         p1, p2, p3 = psi(1, hh), psi(2, hh), psi(3, hh)

@@ -24,9 +24,12 @@ coefficients; exact zeros are dropped, so a term whose coefficient vanishes cost
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 
 from torch import Tensor
+
+from ..parametrization import check_parametrization
 
 __all__ = ["Lin", "Z", "Q", "H", "XI", "Stage", "Step", "Program"]
 
@@ -41,7 +44,19 @@ class Lin:
     __slots__ = ("terms",)
 
     def __init__(self, terms: dict):
-        object.__setattr__(self, "terms", {s: (c if isinstance(c, Tensor) else float(c)) for s, c in terms.items() if not _is_zero(c)})
+        out = {}
+        for s, c in terms.items():
+            _check_symbol(s)
+            if isinstance(c, Tensor):
+                if c.ndim != 0:
+                    raise ValueError(f"a coefficient tensor must be 0-dim, got shape {tuple(c.shape)} for {_name(s)}")
+            else:
+                c = float(c)
+                if not math.isfinite(c):
+                    raise ValueError(f"the coefficient of {_name(s)} is {c}: a program's coefficients must be finite")
+            if not _is_zero(c):
+                out[s] = c
+        object.__setattr__(self, "terms", out)
 
     def __setattr__(self, name, value):
         raise AttributeError("Lin is immutable")
@@ -90,6 +105,17 @@ class Lin:
         return " ".join(parts).lstrip("+")
 
 
+def _check_symbol(symbol) -> None:
+    """Symbols are "z", ("q", k, name), ("h", j) or ("xi", m) with non-negative integer indices."""
+    ok = symbol == "z" or (
+        isinstance(symbol, tuple) and len(symbol) >= 2 and symbol[0] in ("q", "h", "xi")
+        and isinstance(symbol[1], int) and not isinstance(symbol[1], bool) and symbol[1] >= 0
+        and (len(symbol) == 3 and isinstance(symbol[2], str) if symbol[0] == "q" else len(symbol) == 2)
+    )
+    if not ok:
+        raise ValueError(f"unknown symbol {symbol!r}: use Z, Q(k, name), H(j) or XI(m) with indices >= 0")
+
+
 def _name(symbol) -> str:
     if symbol == "z":
         return "Z"
@@ -105,6 +131,7 @@ Z = Lin({"z": 1.0})
 
 def Q(k: int, name: str) -> Lin:
     """Stage k's model evaluation read as output type ``name`` (x0, eps, velocity, ...)."""
+    check_parametrization(name, "quantity")
     return Lin({("q", k, name): 1.0})
 
 
@@ -125,6 +152,12 @@ class Stage:
     node: object  # a unigen.solvers.grid.Node
     point: Lin
 
+    def __post_init__(self):
+        if not all(hasattr(self.node, a) for a in ("t", "time", "alpha", "sigma")):
+            raise TypeError(f"a Stage's node must be a Node (grid.node(i) or grid.nodes_at(times)), got {type(self.node).__name__}")
+        if not isinstance(self.point, Lin):
+            raise TypeError(f"a Stage's point must be a Lin, got {type(self.point).__name__}")
+
 
 @dataclass(frozen=True)
 class Step:
@@ -135,6 +168,14 @@ class Step:
     store: tuple = ()
 
     def __post_init__(self):
+        if not isinstance(self.stages, (tuple, list)) or not all(isinstance(st, Stage) for st in self.stages):
+            raise TypeError(f"stages must be a tuple of Stage, got {self.stages!r}")
+        if not isinstance(self.update, Lin):
+            raise TypeError(f"update must be a Lin (a combination of Z, Q, H, XI), got {type(self.update).__name__}")
+        if not isinstance(self.store, (tuple, list)) or not all(isinstance(lin, Lin) for lin in self.store):
+            raise TypeError(f"store must be a tuple of Lin, got {self.store!r}")
+        object.__setattr__(self, "stages", tuple(self.stages))
+        object.__setattr__(self, "store", tuple(self.store))
         refs = [s for lin in (*(st.point for st in self.stages), self.update, *self.store) for s in lin.symbols()]
         for k, st in enumerate(self.stages):
             bad = [s for s in st.point.symbols() if s[0] == "q" and s[1] >= k]
