@@ -371,6 +371,56 @@ def test_real_kdiffusion_euler_on_adapter():
     torch.testing.assert_close(y2, x2, rtol=0, atol=1e-10)
 
 
+# ---- any unigen solver as a k-diffusion sampler function ---------------------------------------
+@pytest.mark.parametrize("name, solver", [
+    ("sample_euler", ug.Euler(clock="sigma")),
+    ("sample_heun", ug.Heun(clock="sigma")),
+    ("sample_dpmpp_2m", ug.DPMSolverPP(2, lower_order_final=False)),
+])
+def test_kdiffusion_sampler_is_kdiffusions_own_sampler(name, solver):
+    """Called exactly as k-diffusion's function (model, x, sigmas, extra_args, callback, disable), the
+    unigen solver reproduces k-diffusion's sampler on its Karras sigmas ending at 0, and passes the
+    same callback dicts (x at the step's start, denoised there)."""
+    K = _load_kdiffusion_sampling()
+    from unigen.interop import kdiffusion_sampler
+
+    gm = _mixture(seed=11)
+    net = gm.model(ug.EDM(), "denoiser")
+    D = lambda x, sigma, scale=1.0: scale * to_kdiffusion_denoiser(net)(x, sigma)  # noqa: E731 - with an extra arg
+    sigmas = K.get_sigmas_karras(10, 0.002, 80.0, device="cpu").to(F64)
+    x = torch.randn(6, 3, generator=torch.Generator().manual_seed(12), dtype=F64) * sigmas[0]
+    ours, theirs = [], []
+    got = kdiffusion_sampler(solver)(D, x, sigmas, extra_args={"scale": 1.0}, callback=ours.append, disable=True)
+    ref = getattr(K, name)(D, x, sigmas, extra_args={"scale": 1.0}, callback=theirs.append, disable=True)
+    torch.testing.assert_close(got, ref, rtol=0, atol=1e-12)
+    assert len(ours) == len(theirs) == 10 and all(set(a) == {"x", "i", "sigma", "sigma_hat", "denoised"} for a in ours)
+    for a, b in zip(ours, theirs):
+        assert a["i"] == b["i"] and float(a["sigma"]) == float(b["sigma"])
+        torch.testing.assert_close(a["x"], b["x"], rtol=0, atol=1e-12)
+        torch.testing.assert_close(a["denoised"], b["denoised"], rtol=0, atol=1e-12)
+
+
+def test_kdiffusion_sampler_runs_every_registered_solver_and_refuses_bad_sigmas():
+    from unigen.interop import kdiffusion_sampler
+
+    D = to_kdiffusion_denoiser(_mixture(seed=13).model(ug.EDM(), "denoiser"))
+    sigmas = torch.tensor([20.0, 5.0, 1.0, 0.2, 0.0], dtype=F64)
+    x = torch.randn(4, 3, generator=torch.Generator().manual_seed(14), dtype=F64) * 20.0
+    for s in ("DPMSolverPP", "UniPC", "DEIS", "DDIM", "DDPM", ug.EDMStochastic(churn=5.0), "SDEDPMSolverPP"):
+        assert torch.isfinite(kdiffusion_sampler(s)(D, x, sigmas, disable=True)).all(), s
+    fn = kdiffusion_sampler("Euler")
+    with pytest.raises(ValueError, match="strictly decreasing"):
+        fn(D, x, torch.tensor([1.0, 2.0, 0.0]))
+    with pytest.raises(ValueError, match="only the last of the sigmas may be 0"):
+        fn(D, x, torch.tensor([0.0, 0.0]))
+    with pytest.raises(ValueError, match="finite and >= 0"):
+        fn(D, x, torch.tensor([float("nan"), 0.0]))
+    with pytest.raises(TypeError, match="denoiser model"):
+        fn(None, x, sigmas)
+    with pytest.raises(ValueError, match="unknown solver"):
+        kdiffusion_sampler("NoSuchSolver")
+
+
 # ---------------------------------------------------------------------------------------
 # real diffusers objects (only where diffusers is installed)
 # ---------------------------------------------------------------------------------------

@@ -8,9 +8,11 @@ that demands tqdm (``require_tqdm=True``) gets an ImportError where it is missin
 
 from __future__ import annotations
 
+import importlib.util
+
 import sys
 
-__all__ = ["progress_bar", "CounterLine", "NoProgress"]
+__all__ = ["progress_bar", "tqdm_available", "CounterLine", "NoProgress"]
 
 
 class NoProgress:
@@ -53,6 +55,11 @@ class CounterLine(NoProgress):
 
     def close(self) -> None:
         print(file=self.file or sys.stderr, flush=True)
+
+
+def tqdm_available() -> bool:
+    """True when the optional tqdm is installed (nothing is imported)."""
+    return importlib.util.find_spec("tqdm") is not None
 
 
 def progress_bar(total: int, desc: str, enabled: bool = True, file=None, *, require_tqdm: bool = False,

@@ -5,7 +5,7 @@ only call the peer's objects. :mod:`unigen.interop.diffusers` reads a diffusers 
 (or its ``scheduler_config.json`` dict) as a unigen process, parametrization and grid name
 and wraps a diffusers network as a :class:`~unigen.model.Model`;
 :mod:`unigen.interop.kdiffusion` converts between unigen models and k-diffusion's
-VE denoisers ``D(x, sigma)``.
+VE denoisers ``D(x, sigma)`` and gives any unigen solver as a k-diffusion sampler function.
 """
 
 from .diffusers import (
@@ -16,7 +16,7 @@ from .diffusers import (
     diffusers_model,
     from_diffusers,
 )
-from .kdiffusion import from_kdiffusion_denoiser, to_kdiffusion_denoiser
+from .kdiffusion import from_kdiffusion_denoiser, kdiffusion_sampler, to_kdiffusion_denoiser
 
 __all__ = [
     "DiffusersSpec",
@@ -26,5 +26,6 @@ __all__ = [
     "diffusers_model",
     "from_diffusers",
     "from_kdiffusion_denoiser",
+    "kdiffusion_sampler",
     "to_kdiffusion_denoiser",
 ]
