@@ -407,7 +407,10 @@ def test_kdiffusion_sampler_runs_every_registered_solver_and_refuses_bad_sigmas(
     sigmas = torch.tensor([20.0, 5.0, 1.0, 0.2, 0.0], dtype=F64)
     x = torch.randn(4, 3, generator=torch.Generator().manual_seed(14), dtype=F64) * 20.0
     for s in ("DPMSolverPP", "UniPC", "DEIS", "DDIM", "DDPM", ug.EDMStochastic(churn=5.0), "SDEDPMSolverPP"):
-        assert torch.isfinite(kdiffusion_sampler(s)(D, x, sigmas, disable=True)).all(), s
+        calls = []
+        assert torch.isfinite(kdiffusion_sampler(s)(D, x, sigmas, callback=calls.append, disable=True)).all(), s
+        assert len(calls) == 4 and all(c["denoised"] is not None for c in calls), s  # UniPC: reused corrector calls
+        assert all(float(c["sigma_hat"]) >= float(c["sigma"]) for c in calls), s
     fn = kdiffusion_sampler("Euler")
     with pytest.raises(ValueError, match="strictly decreasing"):
         fn(D, x, torch.tensor([1.0, 2.0, 0.0]))

@@ -98,7 +98,8 @@ def kdiffusion_sampler(solver="DPMSolverPP") -> Callable:
     sigmas[0]); ``sigmas`` is strictly decreasing, usually ending at 0 (then the last step lands
     on x0_hat, as k-diffusion's samplers do); ``callback`` receives, after every step, the dict
     ``{"x", "i", "sigma", "sigma_hat", "denoised"}`` with x the state at the start of step i and
-    ``denoised`` the denoiser's output there (None if the solver never evaluated at sigmas[i]);
+    ``denoised`` the denoiser's output at sigma_i (a corrector's reused evaluation included), or,
+    for a churning solver, at the step's first (raised) level ``sigma_hat``;
     ``disable`` hides the progress bar (shown with tqdm when installed). Stochastic solvers draw
     from torch's global generator, as k-diffusion's do. Returns the sample at ``sigmas[-1]``.
 
@@ -120,23 +121,30 @@ def kdiffusion_sampler(solver="DPMSolverPP") -> Callable:
         positive = levels[levels > 0]
         process = EDM(sigma_min=float(positive.min()) if positive.numel() < levels.numel() else float(levels[-1]) / 2,
                       sigma_max=float(levels[0]))
-        seen: dict = {}
+        seen: dict = {}  # level -> denoiser output, for the callbacks' "denoised"
+        this_step: list = []  # (level, output) of the evaluations made during the current step
 
         def denoiser(y: Tensor, s: Tensor) -> Tensor:
             out = model(y, _batch_sigma(s, y), **kwargs)
-            if callback is not None:
-                seen[float(s)] = out  # the host sync only where a callback asks for `denoised`
+            if callback is not None:  # the host sync only where a callback asks for `denoised`
+                seen[float(s)] = out
+                this_step.append((float(s), out))
             return out
 
         unigen_model = Model(denoiser, process, "denoiser")
         start = {"x": x}
 
         def on_step(i, t, z):
-            level = levels[i]
-            callback({"x": start["x"], "i": i, "sigma": sigmas[i], "sigma_hat": sigmas[i],
-                      "denoised": seen.get(float(level))})
+            level = float(levels[i])
+            # the evaluation at sigma_i (made in this step, or in the previous one by a corrector that
+            # reuses it); else the step's first evaluation, at its churned level sigma_hat
+            hat, denoised = (level, seen[level]) if level in seen else (this_step[0] if this_step else (level, None))
+            callback({"x": start["x"], "i": i, "sigma": sigmas[i], "sigma_hat": sigmas.new_tensor(hat) if isinstance(sigmas, Tensor) else hat,
+                      "denoised": denoised})
             start["x"] = z
-            seen.clear()
+            for key in [k for k in seen if k >= level]:
+                del seen[key]
+            this_step.clear()
 
         progress = not disable and tqdm_available()
         out, _ = sample(unigen_model, solver, schedule=levels, noise=x, model_kwargs=None,
