@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from collections import OrderedDict
+
 import torch
 from torch import Tensor
 
@@ -94,3 +96,28 @@ def refuse_non_finite(x: Tensor, name: str) -> None:
     bad = ~torch.isfinite(x)
     if bool(bad.any()):
         raise ValueError(f"{name} contains {int(bad.sum())} non-finite values")
+
+
+class LRUCache:
+    """A bounded memo: ``get(key, make)`` returns the value stored under ``key``, else stores
+    ``make()``; the least recently used entry goes first once more than ``size`` are held."""
+
+    def __init__(self, size: int):
+        self.size = size
+        self._items: OrderedDict = OrderedDict()
+
+    def get(self, key, make):
+        hit = self._items.get(key)
+        if hit is not None:
+            self._items.move_to_end(key)
+            return hit
+        value = self._items[key] = make()
+        if len(self._items) > self.size:
+            self._items.popitem(last=False)
+        return value
+
+    def clear(self) -> None:
+        self._items.clear()
+
+    def __len__(self) -> int:
+        return len(self._items)

@@ -7,13 +7,12 @@ trajectory, callbacks and the progress bar. A solver contributes only its step r
 
 from __future__ import annotations
 
-from collections import OrderedDict
 from dataclasses import dataclass, field
 
 import torch
 from torch import Tensor
 
-from ._utils import SingularConversionError, compute_dtype, refuse_non_finite
+from ._utils import LRUCache, SingularConversionError, compute_dtype, refuse_non_finite
 from .model import Model
 from .parametrization import PathCoefficients, check_determined, input_convention
 from .progress import progress_bar
@@ -225,20 +224,8 @@ def check_model_kwargs(model_kwargs) -> dict | None:
 # schedule arithmetic and coefficient tables are built once. Keys hold the process's value
 # (Process.value_key: its config, or the object itself where it has none), so a new but equal
 # process object hits the cache too.
-_CACHE_SIZE = 16
-_TIMES: OrderedDict = OrderedDict()
-_GRIDS: OrderedDict = OrderedDict()
-
-
-def _remember(cache: OrderedDict, key, make):
-    hit = cache.get(key)
-    if hit is not None:
-        cache.move_to_end(key)
-        return hit
-    value = cache[key] = make()
-    if len(cache) > _CACHE_SIZE:
-        cache.popitem(last=False)
-    return value
+_TIMES = LRUCache(16)
+_GRIDS = LRUCache(16)
 
 
 def model_grid(model: Model, schedule, steps, t_start=None, t_end=None) -> Tensor:
@@ -270,7 +257,7 @@ def _grid_times(process, schedule, steps, t_start, t_end) -> Tensor:
         hash(key)
     except TypeError:
         return make_grid(process, schedule, steps, t_start, t_end)
-    return _remember(_TIMES, key, lambda: make_grid(process, schedule, steps, t_start, t_end))
+    return _TIMES.get(key, lambda: make_grid(process, schedule, steps, t_start, t_end))
 
 
 def prepared_grid(model: Model, solver, ts: Tensor, data_dtype, device) -> Grid:
@@ -289,7 +276,7 @@ def prepared_grid(model: Model, solver, ts: Tensor, data_dtype, device) -> Grid:
 
 def _grid(process, ts: Tensor, dtype, device, parametrization) -> Grid:
     key = (process.value_key(), tuple(ts.tolist()), dtype, str(device), parametrization)
-    return _remember(_GRIDS, key, lambda: Grid(process, ts, dtype, device, parametrization))
+    return _GRIDS.get(key, lambda: Grid(process, ts, dtype, device, parametrization))
 
 
 def _check_start(model: Model, grid: Grid) -> None:

@@ -32,10 +32,11 @@ Grids are validated: strictly decreasing, inside the process's domain, no duplic
 from __future__ import annotations
 
 import math
-from collections import OrderedDict
 
 import torch
 from torch import Tensor
+
+from ._utils import LRUCache
 
 __all__ = [
     "SCHEDULES", "Schedule", "Uniform", "Quadratic", "LogSNR", "Karras", "DiffusersSpacing", "Times",
@@ -66,23 +67,15 @@ def default_schedule(process, t_start: float | None = None) -> str:
 # per-process answers of sample_range/default_schedule (schedule arithmetic that every sample()
 # call would otherwise redo), keyed by the process's VALUE (Process.value_key: equal processes
 # share them), least recently used first out
-_MEMO: OrderedDict = OrderedDict()
-_MEMO_SIZE = 64
+_MEMO = LRUCache(64)
 
 
 def _memo(process) -> dict:
     key = process.value_key() if hasattr(process, "value_key") else process
     try:
-        memo = _MEMO.get(key)
+        return _MEMO.get(key, dict)
     except TypeError:  # an unhashable process: no memo
         return {}
-    if memo is None:
-        memo = _MEMO[key] = {}
-        if len(_MEMO) > _MEMO_SIZE:
-            _MEMO.popitem(last=False)
-    else:
-        _MEMO.move_to_end(key)
-    return memo
 
 
 def sample_range(process) -> tuple[float, float]:

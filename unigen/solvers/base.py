@@ -31,7 +31,7 @@ import numpy as np
 import torch
 from torch import Tensor
 
-from .._utils import IncompatibleSolverError
+from .._utils import IncompatibleSolverError, LRUCache
 from ..noise import randn_like
 from ..parametrization import Prediction
 from ..process import VP
@@ -263,22 +263,17 @@ class ProgramSolver(Solver, register=False):
         return _reference_nfe(self, n_steps, ends_at_zero)
 
 
-_NFE: dict = {}
+_NFE = LRUCache(4096)  # configurations x step counts seen by one process
 
 
 def _reference_nfe(solver: ProgramSolver, n_steps: int, ends_at_zero: bool) -> int:
-    key = (solver.cache_key(), n_steps, ends_at_zero)
-    if key[0] is None or key not in _NFE:
+    def count() -> int:
         end = 0.0 if ends_at_zero else 1e-3
         ts = torch.linspace(1.0, end, n_steps + 1, dtype=torch.float64)
-        grid = Grid(VP.linear(), ts, torch.float64, "cpu")
-        nfe = solver.program(grid).nfe
-        if key[0] is None:
-            return nfe
-        if len(_NFE) > 4096:  # bounded: configurations x step counts seen by one process
-            _NFE.clear()
-        _NFE[key] = nfe
-    return _NFE[key]
+        return solver.program(Grid(VP.linear(), ts, torch.float64, "cpu")).nfe
+
+    config = solver.cache_key()
+    return count() if config is None else _NFE.get((config, n_steps, ends_at_zero), count)
 
 
 def multistep_order(grid: Grid, i: int, order: int, lower_order_final: bool, history: bool = True) -> int:
