@@ -18,14 +18,13 @@ import pathlib
 import sys
 import textwrap
 
-import numpy as np
 import torch
 
 from . import __version__, solvers, train, verify
 from ._utils import IncompatibleSolverError, SingularConversionError
 from .analytic import ring_mixture
 from .bench import default_solvers, optimized, quick_solvers, report
-from .parametrization import PARAMETRIZATIONS, input_convention, output_coefficients
+from .parametrization import PARAMETRIZATIONS, undetermined_reason
 from .process import REGISTRY as PROCESS_REGISTRY
 from .process import get_process
 from .progress import progress_bar
@@ -204,19 +203,8 @@ def valid_params(process_name: str) -> list:
     matching) an eps, score or denoiser output says nothing about the data; x0, v, v_n and
     velocity remain."""
     process = make_process(process_name)
-    t = torch.tensor(sample_range(process)[0], dtype=torch.float64)
-    alpha, sigma = float(process.alpha(t)), float(process.sigma(t))
-    d_alpha, d_sigma = float(process.d_alpha(t)), float(process.d_sigma(t))
-    ok = []
-    for name in PARAMETRIZATIONS:
-        if input_convention(name) == "ve" and alpha == 0.0:
-            continue  # its inputs z/alpha, sigma/alpha are undefined
-        with np.errstate(all="ignore"):
-            a, b = output_coefficients(name, np.float64(alpha), np.float64(sigma), np.float64(d_alpha), np.float64(d_sigma))
-            det = alpha * b - sigma * a
-        if np.isfinite(det) and det != 0.0:
-            ok.append(name)
-    return ok
+    start = sample_range(process)[0]
+    return [name for name in PARAMETRIZATIONS if undetermined_reason(name, process, start) is None]
 
 
 def valid_schedules(process_name: str) -> list:

@@ -40,7 +40,7 @@ from ._utils import SingularConversionError, as_time, check_time_shape, expand_l
 
 __all__ = [
     "PARAMETRIZATIONS", "TABLE", "Parametrization", "register_parametrization", "output_coefficients",
-    "input_convention", "same_output", "check_determined", "convert", "reproject", "coefficients", "Prediction", "PathCoefficients", "check_parametrization",
+    "input_convention", "same_output", "check_determined", "undetermined_reason", "convert", "reproject", "coefficients", "Prediction", "PathCoefficients", "check_parametrization",
 ]
 
 # ---------------------------------------------------------------------------------------
@@ -281,6 +281,23 @@ def check_determined(det, alpha, sigma, a, b, src, dst, t):
             f"so a {src!r} output does not determine (x0, eps). Predict x0, v or velocity there, "
             "or stop the grid short of that time."
         )
+
+
+def undetermined_reason(name: str, process, t: float) -> str | None:
+    """Why a ``name`` output of ``process`` at time t does not determine (x0, eps), or None if it
+    does: its inputs are undefined (a "ve" network at alpha = 0), or alpha b - sigma a vanishes
+    or is not finite there (:func:`check_determined`'s criterion)."""
+    t0 = torch.tensor([float(t)], dtype=torch.float64)
+    c = PathCoefficients(process, t0, t0)
+    if input_convention(name) == "ve" and float(c.alpha) == 0.0:
+        return f"alpha = 0: a {name} network's inputs z/alpha and sigma/alpha are undefined there."
+    with torch.no_grad():
+        a, b = c.ab(name)
+    try:
+        check_determined(c.alpha * b - c.sigma * a, c.alpha, c.sigma, a, b, name, "x0/eps", t0)
+    except SingularConversionError as e:
+        return str(e)
+    return None
 
 
 def convert(out: Tensor, z: Tensor, t, process, src: str = "eps", dst: str = "x0", *, check: bool = True) -> Tensor:

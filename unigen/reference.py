@@ -11,7 +11,7 @@ from torch import Tensor
 
 from ._utils import compute_dtype
 from .model import Model
-from .parametrization import PathCoefficients
+from .parametrization import undetermined_reason
 from .process import FlowMatching, time_change
 from .solvers import Adaptive, Dynamics, Grid
 
@@ -64,9 +64,5 @@ def _zero_noise(process, t: float) -> bool:
 
 
 def _determines_eps(model: Model, t: float) -> bool:
-    """True if the model's output and z determine eps at time t: alpha b - sigma a finite and nonzero."""
-    c = PathCoefficients(model.process, torch.tensor(t, dtype=torch.float64), torch.tensor(t, dtype=torch.float64))
-    with torch.no_grad():
-        a, b = c.ab(model.parametrization)
-        det = torch.as_tensor(c.alpha * b - c.sigma * a, dtype=torch.float64)
-    return bool(torch.isfinite(det)) and float(det) != 0.0
+    """True if the model's output and z determine eps at time t."""
+    return undetermined_reason(model.parametrization, model.process, t) is None

@@ -14,7 +14,7 @@ from torch import Tensor
 
 from ._utils import LRUCache, SingularConversionError, compute_dtype, refuse_non_finite
 from .model import Model
-from .parametrization import PathCoefficients, check_determined, input_convention
+from .parametrization import undetermined_reason
 from .progress import progress_bar
 from .schedules import Times, default_schedule, get_schedule, make_grid
 from .solvers.base import Dynamics, Noise, get_solver
@@ -299,14 +299,4 @@ def _check_start(model: Model, grid: Grid) -> None:
 
 def _singular_start(model: Model, t: float) -> str | None:
     """Why ``model``'s output cannot give (x0, eps) at time t, or None if it can."""
-    t0 = torch.tensor([t], dtype=torch.float64)
-    c = PathCoefficients(model.process, t0, t0)
-    name = model.parametrization
-    if input_convention(name) == "ve" and float(c.alpha) == 0.0:
-        return f"alpha = 0: a {name} network's inputs z/alpha and sigma/alpha are undefined there."
-    a, b = c.ab(name)
-    try:
-        check_determined(c.alpha * b - c.sigma * a, c.alpha, c.sigma, a, b, name, "x0/eps", t0)
-    except SingularConversionError as e:
-        return str(e)
-    return None
+    return undetermined_reason(model.parametrization, model.process, t)
