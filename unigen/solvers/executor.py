@@ -100,17 +100,12 @@ def compile_program(program: Program, parametrization: str, dtype: torch.dtype, 
         conv = {}
         points = []  # raw expansion of each stage point: {symbol: coef}, symbols z / xi / h / o
         stage_terms = []
-        for k, st in enumerate(step.stages):
-            raw, with_points = _expand(st.point, points, conv, step, parametrization)
-            use = with_points if len(with_points) < len(raw) else raw
+        for st in step.stages:
+            raw, cheapest = _expand(st.point, points, conv, step, parametrization)
             points.append(raw)
-            stage_terms.append((use, st.node))
-        stores = []
-        for lin in step.store:
-            raw, with_points = _expand(lin, points, conv, step, parametrization)
-            stores.append(with_points if len(with_points) < len(raw) else raw)
-        raw, with_points = _expand(step.update, points, conv, step, parametrization)
-        update = with_points if len(with_points) < len(raw) else raw
+            stage_terms.append((cheapest, st.node))
+        stores = [_expand(lin, points, conv, step, parametrization)[1] for lin in step.store]
+        update = _expand(step.update, points, conv, step, parametrization)[1]
         raw_steps.append((n_noise, n_hist, stage_terms, stores, update, len(step.stages)))
         hist_len += len(step.store)
         for terms in [t for t, _ in stage_terms] + stores + [update]:
@@ -156,7 +151,8 @@ def _lins(step):
 
 
 def _expand(lin, points: list, conv: dict, step, parametrization: str):
-    """``lin`` on raw symbols, and on raw symbols plus materialised stage points ("p", k)."""
+    """``lin`` on raw symbols, and the cheaper of that and its form on raw symbols plus
+    materialised stage points ("p", k) (fewer terms; the raw form on a tie)."""
     raw, with_points = {}, {}
     for symbol, c in lin.terms.items():
         if symbol == "z" or symbol[0] in ("h", "xi"):
@@ -175,7 +171,8 @@ def _expand(lin, points: list, conv: dict, step, parametrization: str):
             for s, w in points[k].items():
                 _add(raw, s, c * cz * w)
             _add(with_points, "z" if _is_state(points[k]) else ("p", k), c * cz)
-    return _drop_zeros(raw), _drop_zeros(with_points)
+    raw, with_points = _drop_zeros(raw), _drop_zeros(with_points)
+    return raw, (with_points if len(with_points) < len(raw) else raw)
 
 
 def _is_state(terms: dict) -> bool:
