@@ -1,0 +1,483 @@
+r"""Any unigen solver as a diffusers scheduler: ``pipe.scheduler = UnigenScheduler.from_config(...)``.
+
+A diffusers pipeline owns its loop::
+
+    scheduler.set_timesteps(num_inference_steps)
+    latents = noise * scheduler.init_noise_sigma
+    for t in scheduler.timesteps:                      # one entry per network call
+        out = network(scheduler.scale_model_input(latents, t), t)
+        latents = scheduler.step(out, t, latents).prev_sample
+
+:class:`UnigenScheduler` answers that protocol with unigen's own sampling loop
+(:class:`unigen.stepwise.SteppedSampling`, the loop :func:`unigen.sample` runs): each
+``step`` hands the network's output to the loop, which runs the solver until it needs the
+network again and returns that point as ``prev_sample``. A multi-stage solver (Heun, RK4,
+singlestep DPM-Solver) therefore lists one timestep per stage, as diffusers' Heun does, and
+``order`` is its calls per step.
+
+The latents are the process's own state z_t = alpha_t x + sigma_t eps (``init_noise_sigma``
+is 1 and ``scale_model_input`` is the identity for the DDPM tables and flow matching), and
+the network is called at diffusers' timestep convention: the DDPM index for beta tables,
+sigma * num_train_timesteps for flow matching.
+
+The grid (which times the solver visits) is, in order of precedence:
+
+* ``set_timesteps(timesteps=...)``: the network timesteps, used exactly (for flow
+  matching sigma = timestep / num_train_timesteps, not shifted again);
+* ``set_timesteps(sigmas=...)``: VE levels sigma/alpha for beta tables; for flow matching the
+  unshifted sigmas, shifted once by ``shift`` (or by ``mu`` with dynamic shifting), as the
+  SD3 and Flux pipelines pass them;
+* the config's ``schedule``: any unigen schedule name ("logsnr", "karras", "uniform",
+  "quadratic", "leading", ...) over the process's sampling range, then the clean point;
+* by default, for a scheduler made with :meth:`from_config` from a diffusers beta-table
+  scheduler, exactly that scheduler's ``set_timesteps`` grid (its spacing and sigma options),
+  so that swapping the solver changes nothing else; otherwise the ``timestep_spacing`` of the
+  config ("leading" / "trailing" / "linspace", DDIM's convention) for beta tables and, for
+  flow matching, sigma = 1, ..., 1/N shifted once, then 0.
+
+Each grid ends at the clean point (sigma = 0), where the last step lands on x0 without a
+network call, as diffusers' schedulers do.
+
+This module imports diffusers (the scheduler is a diffusers ``SchedulerMixin`` /
+``ConfigMixin``, so ``save_pretrained``, ``from_pretrained``, ``from_config`` and pipeline
+saving work); ``import unigen`` does not import it.
+"""
+
+from __future__ import annotations
+
+import inspect
+import math
+from dataclasses import dataclass
+
+import diffusers
+import torch
+from diffusers.configuration_utils import ConfigMixin, register_to_config
+from diffusers.schedulers.scheduling_utils import SchedulerMixin
+from diffusers.utils import BaseOutput
+from torch import Tensor
+
+from ..parametrization import Prediction
+from ..process import FlowMatching, VPDiscrete
+from ..sample import model_grid
+from ..model import Model
+from ..schedules import check_grid, get_schedule, sample_range
+from ..solvers import REGISTRY, Solver, get_solver
+from ..stepwise import SteppedSampling, call_times
+from .diffusers import ShiftedFlowMatching, diffusers_grid, from_diffusers
+
+__all__ = ["UnigenScheduler", "UnigenSchedulerOutput", "solver_arguments", "source_class_name"]
+
+_F64 = torch.float64
+
+COMPATIBLES = (
+    # the diffusers schedulers whose configs this one reads (diffusers' from_config switching)
+    "DDIMScheduler", "DDPMScheduler", "PNDMScheduler", "LMSDiscreteScheduler", "EulerDiscreteScheduler",
+    "HeunDiscreteScheduler", "EulerAncestralDiscreteScheduler", "DPMSolverMultistepScheduler",
+    "DPMSolverSinglestepScheduler", "KDPM2DiscreteScheduler", "KDPM2AncestralDiscreteScheduler",
+    "DEISMultistepScheduler", "UniPCMultistepScheduler", "DPMSolverSDEScheduler",
+    "FlowMatchEulerDiscreteScheduler", "FlowMatchHeunDiscreteScheduler",
+)
+
+
+@dataclass
+class UnigenSchedulerOutput(BaseOutput):
+    """``prev_sample``: where the network is called next (the final sample after the last
+    call); ``pred_original_sample``: x0 predicted by the output just given."""
+
+    prev_sample: Tensor
+    pred_original_sample: Tensor | None = None
+
+
+def solver_arguments(solver: Solver) -> dict:
+    """The constructor arguments of ``solver`` that differ from its class's defaults, as
+    plain values (what a scheduler config stores to rebuild it)."""
+    cls = type(solver)
+    try:
+        default = cls()
+    except TypeError:
+        default = None
+    out = {}
+    for name, param in inspect.signature(cls.__init__).parameters.items():
+        if name == "self" or param.kind in (param.VAR_POSITIONAL, param.VAR_KEYWORD):
+            continue
+        value = getattr(solver, name, None)
+        if default is not None and getattr(default, name, object()) == value:
+            continue
+        if not isinstance(value, (int, float, str, bool, type(None))):
+            raise ValueError(
+                f"{cls.__name__}'s argument {name}={value!r} cannot be stored in a scheduler config "
+                "(only numbers, strings, booleans and None)"
+            )
+        out[name] = value
+    return out
+
+
+def source_class_name(config: dict) -> str:
+    """The diffusers scheduler class a config belongs to: its ``_class_name`` (a config read from
+    ``scheduler_config.json``), else the class whose ``__init__`` takes exactly the config's keys
+    (``scheduler.config`` does not name its class); "" if none does."""
+    name = str(config.get("_class_name") or "")
+    if name:
+        return name
+    keys = {k for k in config if not k.startswith("_")}
+    for candidate in COMPATIBLES:
+        cls = getattr(diffusers, candidate, None)
+        if isinstance(cls, type) and set(inspect.signature(cls.__init__).parameters) - {"self"} == keys:
+            return candidate
+    return ""
+
+
+def _grid_source(config: dict | None):
+    """The diffusers beta-table scheduler class whose grid a config reproduces, or None."""
+    cls = getattr(diffusers, str((config or {}).get("_class_name") or ""), None)
+    if not isinstance(cls, type) or not issubclass(cls, SchedulerMixin) or "FlowMatch" in cls.__name__:
+        return None
+    if "beta_schedule" not in inspect.signature(cls.__init__).parameters:
+        return None
+    return cls
+
+
+class UnigenScheduler(SchedulerMixin, ConfigMixin):
+    r"""A diffusers scheduler that runs any registered unigen solver and schedule.
+
+    Args (the config; diffusers' names where diffusers has the setting):
+        solver: a registered solver name (``unigen.solvers.REGISTRY``) or a Solver instance
+            (stored as its name and :func:`solver_arguments`).
+        solver_options: keyword arguments for the solver class.
+        schedule: a unigen schedule name, or None for the source scheduler's / the config's
+            spacing (module docstring).
+        flow_matching: the network is a flow-matching velocity model (``noise - x`` at
+            sigma = t); set by :meth:`from_config` for ``FlowMatch*`` configs.
+        num_train_timesteps, beta_start, beta_end, beta_schedule, trained_betas,
+        prediction_type, timestep_spacing, steps_offset, set_alpha_to_one,
+        rescale_betas_zero_snr: the DDPM table and its network, as in diffusers.
+        shift, use_dynamic_shifting, base_shift, max_shift, base_image_seq_len,
+        max_image_seq_len, time_shift_type: flow matching's timestep shift, as in diffusers.
+        source_config: the diffusers config this one was made from (:meth:`from_config`),
+            whose ``set_timesteps`` grid is reproduced when ``schedule`` is None.
+    """
+
+    _compatibles = list(COMPATIBLES)
+    order = 1
+
+    @register_to_config
+    def __init__(
+        self,
+        solver="DPMSolverPP",
+        solver_options: dict | None = None,
+        schedule: str | None = None,
+        flow_matching: bool = False,
+        num_train_timesteps: int = 1000,
+        beta_start: float = 0.0001,
+        beta_end: float = 0.02,
+        beta_schedule: str = "linear",
+        trained_betas=None,
+        prediction_type: str = "epsilon",
+        timestep_spacing: str = "leading",
+        steps_offset: int = 0,
+        set_alpha_to_one: bool = True,
+        rescale_betas_zero_snr: bool = False,
+        shift: float = 1.0,
+        use_dynamic_shifting: bool = False,
+        base_shift: float = 0.5,
+        max_shift: float = 1.15,
+        base_image_seq_len: int = 256,
+        max_image_seq_len: int = 4096,
+        time_shift_type: str = "exponential",
+        source_config: dict | None = None,
+    ):
+        if isinstance(solver, Solver) or (isinstance(solver, type) and issubclass(solver, Solver)):
+            instance = get_solver(solver)
+            options = {**solver_arguments(instance), **(solver_options or {})}
+            self.register_to_config(solver=type(instance).__name__, solver_options=options or None)
+            solver, solver_options = type(instance).__name__, options
+        if not isinstance(solver, str) or solver not in REGISTRY:
+            raise ValueError(f"unknown solver {solver!r}; valid names are {', '.join(sorted(REGISTRY))} (or a Solver instance)")
+        if solver_options is not None and not isinstance(solver_options, dict):
+            raise TypeError(f"solver_options must be a dict of keyword arguments, got {type(solver_options).__name__}")
+        try:
+            self.solver = REGISTRY[solver](**(solver_options or {}))
+        except TypeError as e:
+            raise TypeError(f"solver_options do not fit {solver}: {e}") from None
+        if schedule is not None:
+            get_schedule(schedule)  # an unknown name fails here, listing the valid ones
+        if time_shift_type not in ("exponential", "linear"):
+            raise ValueError(f"time_shift_type must be 'exponential' or 'linear', got {time_shift_type!r}")
+        if flow_matching:
+            spec = from_diffusers({"_class_name": "FlowMatchEulerDiscreteScheduler", "num_train_timesteps": num_train_timesteps,
+                                   "shift": 1.0})
+        else:
+            spec = from_diffusers({
+                "_class_name": "DDIMScheduler", "num_train_timesteps": num_train_timesteps, "beta_start": beta_start,
+                "beta_end": beta_end, "beta_schedule": beta_schedule, "trained_betas": trained_betas,
+                "prediction_type": prediction_type, "timestep_spacing": timestep_spacing,
+                "rescale_betas_zero_snr": rescale_betas_zero_snr,
+            })
+        self.process, self.parametrization = spec.process, spec.parametrization
+        self.order = int(self.solver.nfe_per_step)
+        self.init_noise_sigma = 1.0  # the latents start as standard normal noise, as in diffusers' pipelines
+        self.num_inference_steps = None
+        self.timesteps = None
+        self._times = None  # the grid (float64 process times)
+        self._call_times: list[float] = []
+        self._run: SteppedSampling | None = None
+        self._returned: Tensor | None = None
+        self._step_index = 0
+
+    # -- diffusers' scheduler protocol ------------------------------------------------------
+    @classmethod
+    def from_config(cls, config=None, return_unused_kwargs=False, **kwargs):
+        """As diffusers' ``from_config``; a config from another scheduler also records what it
+        was (``source_config``, so its grid is reproduced) and whether it is flow matching.
+        Every key of the source counts, also those it left at its defaults."""
+        if config is not None and not isinstance(config, dict):
+            config = getattr(config, "config", config)
+        cfg = dict(config or {})
+        name = source_class_name(cfg)
+        if name != cls.__name__ and not {"solver", "flow_matching"} <= set(cfg):  # not one of ours
+            source = {k: v for k, v in cfg.items() if not k.startswith("_")}
+            if name:
+                source["_class_name"] = name
+            kwargs.setdefault("source_config", source)
+            kwargs.setdefault("flow_matching", "FlowMatch" in name or ("shift" in cfg and "beta_schedule" not in cfg))
+            cfg.pop("_use_default_values", None)
+        return super().from_config(cfg, return_unused_kwargs=return_unused_kwargs, **kwargs)
+
+    def scale_model_input(self, sample: Tensor, timestep=None) -> Tensor:
+        """The identity: the network takes the process state z_t itself."""
+        return sample
+
+    def set_timesteps(self, num_inference_steps: int | None = None, device=None, timesteps=None, sigmas=None,
+                      mu: float | None = None):
+        """Build the grid (module docstring) and list the network timestep of every call in
+        :attr:`timesteps` (on ``device``). Ends any unfinished run."""
+        if self._run is not None:
+            self._run.close()
+        self._run, self._returned, self._step_index = None, None, 0
+        self.init_noise_sigma = 1.0
+        given = [v for v in (timesteps, sigmas) if v is not None]
+        if len(given) > 1:
+            raise ValueError("pass at most one of timesteps and sigmas")
+        if not given:
+            if isinstance(num_inference_steps, bool) or not isinstance(num_inference_steps, int) or num_inference_steps < 1:
+                raise ValueError(f"num_inference_steps must be a positive int, got {num_inference_steps!r}")
+        elif num_inference_steps is not None and num_inference_steps != len(given[0]):
+            raise ValueError(f"num_inference_steps={num_inference_steps} disagrees with {len(given[0])} given timesteps/sigmas")
+        if self.config.flow_matching:
+            ts, node_steps = self._flow_grid(num_inference_steps, timesteps, sigmas, mu)
+        else:
+            ts, node_steps = self._table_grid(num_inference_steps, timesteps, sigmas)
+        self._times = check_grid(ts, self.process)
+        self.num_inference_steps = self._times.numel() - 1
+        self._call_times = call_times(self.process, self.parametrization, self.solver, self._times)
+        taus = [self._network_timestep(t, node_steps) for t in self._call_times]
+        self.timesteps = torch.tensor(taus, dtype=torch.float32, device=device)
+        if not self.config.flow_matching and all(float(v).is_integer() for v in taus):
+            self.timesteps = self.timesteps.to(torch.int64)  # diffusers' integer DDPM indices
+
+    def step(self, model_output: Tensor, timestep, sample: Tensor, generator=None, return_dict: bool = True):
+        """Hand the network's output at the current call to the solver; returns where the
+        network is called next (``prev_sample``; the sample itself after the last call) and
+        the x0 that this output predicts (``pred_original_sample``).
+
+        The solver's state stays in the scheduler: ``sample`` starts the run at the first call
+        and must afterwards be the latents this scheduler returned (an edited or different
+        tensor raises, since the solver would not see the edit)."""
+        if self.timesteps is None:
+            raise RuntimeError("call set_timesteps(num_inference_steps) before step()")
+        if not isinstance(model_output, Tensor) or not isinstance(sample, Tensor):
+            raise TypeError("model_output and sample must be tensors")
+        k = self._step_index
+        if k >= len(self._call_times):
+            raise RuntimeError(f"all {len(self._call_times)} calls of this grid are done; call set_timesteps again to start a new run")
+        self._check_timestep(timestep, k)
+        if self._run is None:
+            self._run = SteppedSampling(self.process, self.parametrization, self.solver, self._times, sample,
+                                        generator=generator)
+        else:
+            self._check_sample(sample)
+            self._run.generator = generator
+        run = self._run
+        point, t = run.point, run.t
+        x0 = Prediction(model_output.to(point.dtype), point, t, self.process, self.parametrization).x0
+        run.send(model_output)
+        prev = run.result if run.done else run.point
+        self._step_index += 1
+        prev = prev.to(sample.dtype)
+        self._returned = prev
+        x0 = x0.to(sample.dtype)
+        if not return_dict:
+            return prev, x0
+        return UnigenSchedulerOutput(prev_sample=prev, pred_original_sample=x0)
+
+    def add_noise(self, original_samples: Tensor, noise: Tensor, timesteps: Tensor) -> Tensor:
+        """z_t = alpha_t x + sigma_t eps at network timesteps ``timesteps`` (one per batch item, or one)."""
+        t = self._time_of_timestep(torch.as_tensor(timesteps, device=original_samples.device).to(_F64).reshape(-1))
+        alpha = self.process.alpha(t).to(original_samples.dtype)
+        sigma = self.process.sigma(t).to(original_samples.dtype)
+        shape = (-1,) + (1,) * (original_samples.ndim - 1)
+        return alpha.reshape(shape) * original_samples + sigma.reshape(shape) * noise
+
+    @property
+    def step_index(self) -> int:
+        """Network calls made in the current run."""
+        return self._step_index
+
+    def __len__(self):
+        return self.config.num_train_timesteps
+
+    # -- grids ---------------------------------------------------------------------------
+    def _named(self, process, schedule, steps: int) -> Tensor:
+        """``steps`` network calls on ``schedule`` over the sampling range, then the clean point."""
+        model = Model(None, process, self.parametrization)
+        end = sample_range(process)[1]
+        if float(process.sigma(torch.tensor([end], dtype=_F64))) == 0.0:
+            return model_grid(model, schedule, steps)
+        if steps == 1:
+            return torch.tensor([model.default_range()[0], 0.0], dtype=_F64)
+        return torch.cat([model_grid(model, schedule, steps - 1), torch.zeros(1, dtype=_F64)])
+
+    def _table_grid(self, steps, timesteps, sigmas):
+        process: VPDiscrete = self.process
+        end = torch.zeros(1, dtype=_F64) if self.config.set_alpha_to_one else process.t_from_timestep(torch.zeros(1))
+        if timesteps is not None:
+            taus = torch.as_tensor(timesteps, dtype=_F64).reshape(-1).cpu()
+            ts = process.t_from_timestep(taus)
+            return torch.cat([ts, end if float(end[0]) < float(ts[-1]) else ts.new_zeros(1)]), None
+        if sigmas is not None:
+            sig = torch.as_tensor(sigmas, dtype=_F64).reshape(-1).cpu()
+            return self._from_levels(sig), None
+        if self.config.schedule is not None:
+            return self._named(process, self.config.schedule, steps), None
+        source = _grid_source(self.config.source_config)
+        if source is None:
+            return diffusers_grid(dict(self.config, _class_name="DDIMScheduler"), steps), None
+        return self._source_grid(source, steps)
+
+    def _from_levels(self, sig: Tensor) -> Tensor:
+        """Grid times of VE levels sigma/alpha (a last level 0 is the clean point; else one is added)."""
+        if sig.numel() < 1 or not bool(torch.isfinite(sig).all()) or bool((sig < 0).any()):
+            raise ValueError(f"sigmas must be finite and >= 0, got {sig.tolist()[:6]}")
+        positive = sig[sig > 0]
+        ts = self.process.t_from_log_snr(-2.0 * torch.log(positive)).clamp(self.process.t_min, self.process.t_max)
+        return torch.cat([ts, torch.zeros(1, dtype=_F64)])
+
+    def _source_grid(self, source, steps):
+        """The grid of the diffusers scheduler ``source`` with this config: its timesteps, or
+        (where it has them) its VE sigmas with fractional timesteps; and the network timestep
+        of each grid node, exactly as that scheduler feeds it."""
+        config = dict(self.config.source_config)
+        config.update({k: v for k, v in self.config.items() if k in config and not k.startswith("_")})
+        s = source.from_config(config)
+        s.set_timesteps(steps)
+        taus = torch.unique_consecutive(s.timesteps.to(_F64).cpu())
+        sig = getattr(s, "sigmas", None)
+        if sig is not None and taus.numel() < torch.unique_consecutive(sig).numel() - 1:
+            raise ValueError(f"{source.__name__}'s grid has fewer timesteps than sigmas; pass timesteps= or sigmas= instead")
+        # integer timesteps at their own table levels (diffusers' sigmas are float32): the grid
+        # nodes are the table's knots exactly; otherwise the levels decide (Karras sigmas, ...)
+        on_knots = bool((taus == taus.round()).all())
+        if on_knots and sig is not None:
+            levels = torch.unique_consecutive(sig.to(_F64).cpu())[: taus.numel()]
+            at_knots = self.process.ve_sigma(self.process.t_from_timestep(taus))
+            on_knots = bool(((levels - at_knots).abs() <= 1e-5 * at_knots).all())
+        if on_knots or sig is None:
+            ts = self.process.t_from_timestep(taus)
+            last = None if sig is None else float(sig[-1])
+            if last is None:
+                end = 0.0 if config.get("set_alpha_to_one", True) else float(self.process.t_from_timestep(torch.zeros(1)))
+            else:
+                end = 0.0 if last == 0.0 else float(self.process.t_from_log_snr(torch.tensor(-2.0 * math.log(last), dtype=_F64)))
+            if end >= float(ts[-1]):
+                end = 0.0
+            ts = torch.cat([ts, torch.tensor([end], dtype=_F64)])
+        else:
+            levels = torch.unique_consecutive(sig.to(_F64).cpu())
+            ts = self._from_levels(levels)
+        nodes = dict(zip(ts[: taus.numel()].tolist(), taus.tolist()))
+        # the source's starting latents in z units: schedulers that keep the VE state x = z/alpha
+        # (Euler, Heun, LMS, ...) start at init_noise_sigma * noise there, i.e. z = that * alpha
+        scale = float(s.init_noise_sigma)
+        if scale != 1.0:
+            self.init_noise_sigma = scale * float(self.process.alpha(ts[:1]))
+        return ts, nodes
+
+    def _shift_factor(self, mu) -> float:
+        """diffusers' timestep shift s (sigma -> s sigma / (1 + (s - 1) sigma)): the static
+        ``shift``, or from ``mu`` with dynamic shifting (s = exp(mu), or mu for the "linear" type)."""
+        if not self.config.use_dynamic_shifting:
+            return float(self.config.shift)
+        if mu is None:
+            raise ValueError("this config uses dynamic shifting: pass mu to set_timesteps (the pipeline computes it "
+                             "from the image size)")
+        s = math.exp(mu) if self.config.time_shift_type == "exponential" else float(mu)
+        if not (math.isfinite(s) and s > 0):
+            raise ValueError(f"mu={mu!r} gives the shift {s!r}; it must be positive and finite")
+        return s
+
+    def _shift(self, sig: Tensor, mu) -> Tensor:
+        s = self._shift_factor(mu)
+        return sig if s == 1.0 else s * sig / (1.0 + (s - 1.0) * sig)
+
+    def _flow_grid(self, steps, timesteps, sigmas, mu):
+        n = float(self.config.num_train_timesteps)
+        if timesteps is not None:
+            sig = torch.as_tensor(timesteps, dtype=_F64).reshape(-1).cpu() / n
+        elif sigmas is not None:
+            sig = self._shift(torch.as_tensor(sigmas, dtype=_F64).reshape(-1).cpu(), mu)
+        elif self.config.schedule is not None:
+            s = self._shift_factor(mu)
+            process = FlowMatching() if s == 1.0 else ShiftedFlowMatching(s)
+            ts = self._named(process, self.config.schedule, steps)
+            return (ts if s == 1.0 else process.sigma(ts)), None
+        else:
+            sig = self._shift(torch.linspace(1.0, 1.0 / steps, steps, dtype=_F64), mu)
+        if not bool(torch.isfinite(sig).all()) or bool((sig <= 0).any()) or bool((sig > 1).any()):
+            raise ValueError(f"flow-matching sigmas must lie in (0, 1], got {sig.tolist()[:6]}")
+        return torch.cat([sig, torch.zeros(1, dtype=_F64)]), None
+
+    # -- network timesteps ------------------------------------------------------------------
+    def _network_timestep(self, t: float, nodes) -> float:
+        if nodes:
+            for node, tau in nodes.items():
+                if abs(node - t) <= 1e-6 * max(1.0, abs(node)):
+                    return float(tau)
+        if self.config.flow_matching:
+            return t * float(self.config.num_train_timesteps)
+        return float(self.process.timestep(torch.tensor(t, dtype=_F64)))
+
+    def _time_of_timestep(self, taus: Tensor) -> Tensor:
+        if self.config.flow_matching:
+            return taus / float(self.config.num_train_timesteps)
+        return self.process.t_from_timestep(taus)
+
+    # -- checks ----------------------------------------------------------------------------
+    def _check_timestep(self, timestep, k: int) -> None:
+        """The pipeline's timestep must be the k-th listed one (checked where it costs no device sync)."""
+        if isinstance(timestep, Tensor):
+            if timestep.device.type != "cpu" or timestep.numel() == 0:
+                return
+            timestep = timestep.reshape(-1)[0]
+        try:
+            got = float(timestep)
+        except (TypeError, ValueError):
+            raise TypeError(f"timestep must be a number or a tensor, got {type(timestep).__name__}") from None
+        want = float(self.timesteps[k])
+        if abs(got - want) > 1e-3 * max(1.0, abs(want)):
+            raise ValueError(
+                f"step() got timestep {got:g} but call {k} of {len(self._call_times)} is at timestep {want:g}: step once per "
+                "entry of scheduler.timesteps, in order, after set_timesteps"
+            )
+
+    def _check_sample(self, sample: Tensor) -> None:
+        last = self._returned
+        if sample is last:
+            return
+        if last is None or sample.shape != last.shape:
+            raise ValueError(f"sample has shape {tuple(sample.shape)}, but this run's latents have shape "
+                             f"{None if last is None else tuple(last.shape)}")
+        if not torch.equal(sample.to(last.dtype), last):
+            raise ValueError(
+                "sample differs from the prev_sample this scheduler returned: the solver keeps its own state, so edits to "
+                "the latents between steps (inpainting blends, callbacks changing latents) would be ignored"
+            )

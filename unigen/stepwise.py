@@ -1,0 +1,171 @@
+r"""``sample()``'s loop as a coroutine, for callers that evaluate the network themselves.
+
+A diffusers pipeline owns its loop: it calls the network, then hands the output to a
+scheduler's ``step``. :class:`SteppedSampling` lets such a caller drive unigen's own loop
+(:func:`unigen.sample.integrate`, the code :func:`~unigen.sample.sample` runs) one network
+call at a time, so every solver runs unchanged, with no second implementation of any step
+rule:
+
+.. code-block:: python
+
+    run = SteppedSampling(process, "eps", solver, ts, z_T)
+    while not run.done:
+        out = network(run.point, run.t)     # where the loop asks for the network
+        run.send(out)                       # the loop continues to its next request
+    x = run.result
+
+The loop runs on a worker thread that waits while the caller evaluates the network; only
+one of the two threads works at any time, so results are those of :func:`sample` on the
+same grid, noise and network, call for call. The worker inherits the caller's grad and
+inference modes. A run that is abandoned is stopped by :meth:`close` (or when the object is
+garbage collected).
+"""
+
+from __future__ import annotations
+
+import queue
+import threading
+
+import torch
+from torch import Tensor
+
+from ._utils import compute_dtype
+from .model import Model
+from .process import Process
+from .sample import integrate, prepared_grid
+from .solvers.base import Dynamics, Noise, get_solver
+
+__all__ = ["SteppedSampling", "call_times"]
+
+
+class _Stop(BaseException):
+    """Raised inside the worker to unwind an abandoned run (not an Exception: never caught)."""
+
+
+class SteppedSampling:
+    """The sampling loop of ``solver`` on the grid ``ts`` from ``z``, driven by :meth:`send`.
+
+    Args:
+        process, parametrization: what the caller's network predicts.
+        solver: a Solver instance, class or registered name (fixed-grid: adaptive solvers
+            choose their own times and are refused).
+        ts: the float64 grid of times, first to last (the last may be the clean point).
+        z: the starting state at ``ts[0]``; it is copied.
+        generator: for stochastic steps; :attr:`generator` may be changed between calls.
+        data_dtype: the dtype the network sees (default z's).
+
+    Attributes:
+        point, t: where the network is to be evaluated next (``None`` once :attr:`done`).
+        result: the sample once :attr:`done`.
+        nfe: network evaluations so far.
+    """
+
+    def __init__(self, process: Process, parametrization: str, solver, ts: Tensor, z: Tensor, *, generator=None,
+                 data_dtype: torch.dtype | None = None):
+        solver = get_solver(solver)
+        if getattr(solver, "adaptive", False) or solver.syncs_host:
+            raise ValueError(f"{type(solver).__name__} chooses its own times during the run; a caller that evaluates "
+                             "the network needs the grid of calls up front (use a fixed-grid solver)")
+        data_dtype = z.dtype if data_dtype is None else data_dtype
+        self._inbox: queue.SimpleQueue = queue.SimpleQueue()  # network outputs (or the stop signal) for the worker
+        self._outbox: queue.SimpleQueue = queue.SimpleQueue()  # the worker's requests and its end
+        self.model = Model(self._network, process, parametrization)
+        self.grid = prepared_grid(self.model, solver, ts, data_dtype, z.device)
+        self._dyn = Dynamics(self.model, data_dtype)
+        self._noise = Noise(generator)
+        self.solver = solver
+        self.point = self.t = self.result = None
+        self.done = False
+        z = z.detach().to(compute_dtype(data_dtype), copy=True)
+        modes = (torch.is_grad_enabled(), torch.is_inference_mode_enabled())
+        self._thread = threading.Thread(target=self._work, args=(z, modes), daemon=True, name="unigen-stepped-sampling")
+        self._thread.start()
+        self._receive()
+
+    @property
+    def nfe(self) -> int:
+        return self._dyn.nfe
+
+    @property
+    def generator(self):
+        return self._noise.generator
+
+    @generator.setter
+    def generator(self, value):
+        self._noise.generator = value
+
+    # -- the worker ------------------------------------------------------------------------
+    def _network(self, point: Tensor, t: Tensor, **_) -> Tensor:
+        self._outbox.put(("call", point, t))
+        out = self._inbox.get()
+        if out is _Stop:
+            raise _Stop
+        return out
+
+    def _work(self, z: Tensor, modes) -> None:
+        grad, inference = modes
+        # the solver's arithmetic is elementwise: one thread, so that this thread's OpenMP team does not
+        # spin on the cores the caller's network runs on (set per thread; the caller keeps its own setting)
+        torch.set_num_threads(1)
+        try:
+            with torch.inference_mode(inference), torch.set_grad_enabled(grad):
+                z = integrate(self.solver, self._dyn, z, self.grid, self._noise)
+            self._outbox.put(("done", z, None))
+        except _Stop:
+            pass
+        except BaseException as e:  # noqa: BLE001 - handed to the caller's thread and raised there
+            self._outbox.put(("error", e, None))
+
+    # -- the caller's side -----------------------------------------------------------------
+    def _receive(self) -> None:
+        kind, value, t = self._outbox.get()
+        if kind == "error":
+            self.done, self.point, self.t = True, None, None
+            raise value
+        if kind == "done":
+            self.done, self.point, self.t, self.result = True, None, None, value
+        else:
+            self.point, self.t = value, t
+
+    def send(self, output: Tensor) -> None:
+        """Hand the network's output at (:attr:`point`, :attr:`t`) to the loop; it runs until
+        it needs the network again (or ends)."""
+        if self.done:
+            raise RuntimeError("this sampling run has ended; start a new one")
+        if not isinstance(output, Tensor):
+            raise TypeError(f"the network output must be a tensor, got {type(output).__name__}")
+        self._inbox.put(output)
+        self._receive()
+
+    def close(self) -> None:
+        """Stop an unfinished run (its worker unwinds and exits)."""
+        if not self.done and self._thread.is_alive():
+            self._inbox.put(_Stop)
+            self._thread.join()
+        self.done, self.point, self.t = True, None, None
+
+    def __del__(self):
+        try:
+            self.close()
+        except Exception:  # noqa: BLE001 - interpreter shutdown
+            pass
+
+
+def call_times(process: Process, parametrization: str, solver, ts: Tensor, data_dtype=torch.float32) -> list[float]:
+    """The times at which ``solver`` on the grid ``ts`` calls the network, in order: the loop
+    run once on a one-element state against a network that returns zeros (fixed-grid solvers
+    call at times that do not depend on the values)."""
+    solver = get_solver(solver)
+    times: list[float] = []
+
+    def zeros(z, t, **_):
+        times.append(float(t))
+        return torch.zeros_like(z)
+
+    model = Model(zeros, process, parametrization)
+    z = torch.zeros(1, 1, dtype=data_dtype)
+    grid = prepared_grid(model, solver, ts, data_dtype, z.device)
+    with torch.no_grad():
+        integrate(solver, Dynamics(model, data_dtype), z.to(compute_dtype(data_dtype)), grid,
+                  Noise(torch.Generator().manual_seed(0)))
+    return times
