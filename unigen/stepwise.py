@@ -33,9 +33,9 @@ from ._utils import compute_dtype
 from .model import Model
 from .process import Process
 from .sample import integrate, prepared_grid
-from .solvers.base import Dynamics, Noise, get_solver
+from .solvers.base import Dynamics, Noise, Solver, get_solver
 
-__all__ = ["SteppedSampling", "call_times"]
+__all__ = ["SteppedSampling", "call_times", "check_fixed_grid"]
 
 
 class _Stop(BaseException):
@@ -52,7 +52,8 @@ class SteppedSampling:
         ts: the float64 grid of times, first to last (the last may be the clean point).
         z: the starting state at ``ts[0]``; it is copied.
         generator: for stochastic steps; :attr:`generator` may be changed between calls.
-        data_dtype: the dtype the network sees (default z's).
+        data_dtype: the data's dtype (default z's); the loop and :attr:`point` are in its
+            compute dtype (float32 for half precision), the caller casts for its network.
 
     Attributes:
         point, t: where the network is to be evaluated next (``None`` once :attr:`done`).
@@ -62,21 +63,20 @@ class SteppedSampling:
 
     def __init__(self, process: Process, parametrization: str, solver, ts: Tensor, z: Tensor, *, generator=None,
                  data_dtype: torch.dtype | None = None):
-        solver = get_solver(solver)
-        if getattr(solver, "adaptive", False) or solver.syncs_host:
-            raise ValueError(f"{type(solver).__name__} chooses its own times during the run; a caller that evaluates "
-                             "the network needs the grid of calls up front (use a fixed-grid solver)")
-        data_dtype = z.dtype if data_dtype is None else data_dtype
+        solver = check_fixed_grid(solver)
+        # the loop works in the compute dtype (float32 for half-precision data) and the caller sees
+        # that very point: an edit to it (send's ``point``) reaches the solver's state
+        work = compute_dtype(z.dtype if data_dtype is None else data_dtype)
         self._inbox: queue.SimpleQueue = queue.SimpleQueue()  # network outputs (or the stop signal) for the worker
         self._outbox: queue.SimpleQueue = queue.SimpleQueue()  # the worker's requests and its end
         self.model = Model(self._network, process, parametrization)
-        self.grid = prepared_grid(self.model, solver, ts, data_dtype, z.device)
-        self._dyn = Dynamics(self.model, data_dtype)
+        self.grid = prepared_grid(self.model, solver, ts, work, z.device)
+        self._dyn = Dynamics(self.model, work)
         self._noise = Noise(generator)
         self.solver = solver
         self.point = self.t = self.result = None
         self.done = False
-        z = z.detach().to(compute_dtype(data_dtype), copy=True)
+        z = z.detach().to(work, copy=True)
         modes = (torch.is_grad_enabled(), torch.is_inference_mode_enabled())
         self._thread = threading.Thread(target=self._work, args=(z, modes), daemon=True, name="unigen-stepped-sampling")
         self._thread.start()
@@ -97,9 +97,12 @@ class SteppedSampling:
     # -- the worker ------------------------------------------------------------------------
     def _network(self, point: Tensor, t: Tensor, **_) -> Tensor:
         self._outbox.put(("call", point, t))
-        out = self._inbox.get()
-        if out is _Stop:
+        message = self._inbox.get()
+        if message is _Stop:
             raise _Stop
+        out, moved = message
+        if moved is not None:  # the caller evaluated the network elsewhere: that is the point now
+            point.copy_(moved)
         return out
 
     def _work(self, z: Tensor, modes) -> None:
@@ -127,14 +130,23 @@ class SteppedSampling:
         else:
             self.point, self.t = value, t
 
-    def send(self, output: Tensor) -> None:
+    def send(self, output: Tensor, point: Tensor | None = None) -> None:
         """Hand the network's output at (:attr:`point`, :attr:`t`) to the loop; it runs until
-        it needs the network again (or ends)."""
+        it needs the network again (or ends).
+
+        ``point``: where the caller actually evaluated the network, if it changed the point it
+        was given (e.g. a pipeline that edits its latents between steps). It replaces the
+        requested point in the loop, in place: at a step's start that is the solver's state,
+        so the step continues from the edited state (as diffusers' schedulers, which take the
+        latents they are given, do). It must have the point's shape and dtype."""
         if self.done:
             raise RuntimeError("this sampling run has ended; start a new one")
         if not isinstance(output, Tensor):
             raise TypeError(f"the network output must be a tensor, got {type(output).__name__}")
-        self._inbox.put(output)
+        if point is not None and (point.shape != self.point.shape or point.dtype != self.point.dtype):  # noqa: SIM102
+            raise ValueError(f"the point must keep the requested point's shape {tuple(self.point.shape)} and dtype "
+                             f"{self.point.dtype}, got {tuple(point.shape)} and {point.dtype}")
+        self._inbox.put((output.to(self.point.dtype), point))
         self._receive()
 
     def close(self) -> None:
@@ -151,11 +163,21 @@ class SteppedSampling:
             pass
 
 
+def check_fixed_grid(solver) -> Solver:
+    """``solver`` as an instance, refused if it chooses its own times during a run (an adaptive
+    integrator): a caller that evaluates the network needs the calls' times up front."""
+    solver = get_solver(solver)
+    if getattr(solver, "adaptive", False) or solver.syncs_host:
+        raise ValueError(f"{type(solver).__name__} chooses its own times during the run; a caller that evaluates "
+                         "the network needs the grid of calls up front (use a fixed-grid solver)")
+    return solver
+
+
 def call_times(process: Process, parametrization: str, solver, ts: Tensor, data_dtype=torch.float32) -> list[float]:
     """The times at which ``solver`` on the grid ``ts`` calls the network, in order: the loop
     run once on a one-element state against a network that returns zeros (fixed-grid solvers
     call at times that do not depend on the values)."""
-    solver = get_solver(solver)
+    solver = check_fixed_grid(solver)
     times: list[float] = []
 
     def zeros(z, t, **_):

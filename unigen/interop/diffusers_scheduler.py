@@ -65,7 +65,7 @@ from ..solvers import REGISTRY, Solver, get_solver
 from ..stepwise import SteppedSampling, call_times
 from .diffusers import ShiftedFlowMatching, diffusers_grid, from_diffusers
 
-__all__ = ["UnigenScheduler", "UnigenSchedulerOutput", "solver_arguments", "source_class_name"]
+__all__ = ["UnigenScheduler", "UnigenSchedulerOutput", "build_solver", "solver_arguments", "source_class_name"]
 
 _F64 = torch.float64
 
@@ -89,52 +89,76 @@ class UnigenSchedulerOutput(BaseOutput):
 
 
 def solver_arguments(solver: Solver) -> dict:
-    """The constructor arguments of ``solver`` that differ from its class's defaults, as
-    plain values (what a scheduler config stores to rebuild it)."""
-    cls = type(solver)
-    try:
-        default = cls()
-    except TypeError:
-        default = None
+    """The constructor arguments of ``solver`` (:meth:`Solver.arguments`) that differ from its
+    class's defaults, as plain values (what a scheduler config stores to rebuild it); a solver
+    argument (PredictorCorrector's predictor) becomes ``{"solver": name, "solver_options": ...}``."""
+    defaults = {
+        name: p.default for name, p in inspect.signature(type(solver).__init__).parameters.items()
+        if p.default is not inspect.Parameter.empty
+    }
     out = {}
-    for name, param in inspect.signature(cls.__init__).parameters.items():
-        if name == "self" or param.kind in (param.VAR_POSITIONAL, param.VAR_KEYWORD):
+    for name, value in solver.arguments().items():
+        if isinstance(value, Solver):
+            default = defaults.get(name)
+            if default is None or get_solver(default).cache_key() != value.cache_key():
+                out[name] = {"solver": type(value).__name__, "solver_options": solver_arguments(value)}
             continue
-        value = getattr(solver, name, None)
-        if default is not None and getattr(default, name, object()) == value:
+        if name in defaults and defaults[name] == value and type(defaults[name]) is type(value):
             continue
         if not isinstance(value, (int, float, str, bool, type(None))):
             raise ValueError(
-                f"{cls.__name__}'s argument {name}={value!r} cannot be stored in a scheduler config "
+                f"{type(solver).__name__}'s argument {name}={value!r} cannot be stored in a scheduler config "
                 "(only numbers, strings, booleans and None)"
             )
         out[name] = value
     return out
 
 
+def build_solver(name: str, options: dict | None) -> Solver:
+    """The registered solver ``name`` with ``options`` (:func:`solver_arguments`' output; nested
+    ``{"solver": ..., "solver_options": ...}`` entries become solver instances)."""
+    if not isinstance(name, str) or name not in REGISTRY:
+        raise ValueError(f"unknown solver {name!r}; valid names are {', '.join(sorted(REGISTRY))} (or a Solver instance)")
+    if options is not None and not isinstance(options, dict):
+        raise TypeError(f"solver_options must be a dict of keyword arguments, got {type(options).__name__}")
+    kwargs = {
+        k: build_solver(v["solver"], v.get("solver_options")) if isinstance(v, dict) and "solver" in v else v
+        for k, v in (options or {}).items()
+    }
+    try:
+        return REGISTRY[name](**kwargs)
+    except TypeError as e:
+        raise TypeError(f"solver_options do not fit {name}: {e}") from None
+
+
 def source_class_name(config: dict) -> str:
     """The diffusers scheduler class a config belongs to: its ``_class_name`` (a config read from
-    ``scheduler_config.json``), else the class whose ``__init__`` takes exactly the config's keys
-    (``scheduler.config`` does not name its class); "" if none does."""
+    ``scheduler_config.json``), else the class whose ``__init__`` arguments are all keys of the config
+    (``scheduler.config`` does not name its class), the most specific if several; "" if none does."""
     name = str(config.get("_class_name") or "")
     if name:
         return name
     keys = {k for k in config if not k.startswith("_")}
+    best, size = "", 0
     for candidate in COMPATIBLES:
         cls = getattr(diffusers, candidate, None)
-        if isinstance(cls, type) and set(inspect.signature(cls.__init__).parameters) - {"self"} == keys:
-            return candidate
-    return ""
+        params = set(inspect.signature(cls.__init__).parameters) - {"self"} if isinstance(cls, type) else None
+        # every argument of the class is in the config (a config keeps the keys it was given and
+        # its class does not take, too): the class with the most arguments is the most specific
+        if params and params <= keys and len(params) > size:
+            best, size = candidate, len(params)
+    return best
 
 
-def _grid_source(config: dict | None):
-    """The diffusers beta-table scheduler class whose grid a config reproduces, or None."""
+def _grid_source(config: dict | None, flow_matching: bool):
+    """The diffusers scheduler class whose grid a config reproduces (a beta-table one, or a
+    FlowMatch one for flow matching), or None."""
     cls = getattr(diffusers, str((config or {}).get("_class_name") or ""), None)
-    if not isinstance(cls, type) or not issubclass(cls, SchedulerMixin) or "FlowMatch" in cls.__name__:
+    if not isinstance(cls, type) or not issubclass(cls, SchedulerMixin):
         return None
-    if "beta_schedule" not in inspect.signature(cls.__init__).parameters:
-        return None
-    return cls
+    if flow_matching:
+        return cls if "FlowMatch" in cls.__name__ else None
+    return cls if "beta_schedule" in inspect.signature(cls.__init__).parameters else None
 
 
 class UnigenScheduler(SchedulerMixin, ConfigMixin):
@@ -153,6 +177,8 @@ class UnigenScheduler(SchedulerMixin, ConfigMixin):
         rescale_betas_zero_snr: the DDPM table and its network, as in diffusers.
         shift, use_dynamic_shifting, base_shift, max_shift, base_image_seq_len,
         max_image_seq_len, time_shift_type: flow matching's timestep shift, as in diffusers.
+        clip_sample, clip_sample_range, thresholding, dynamic_thresholding_ratio,
+        sample_max_value: limit the predicted x0 (diffusers' options, :meth:`limit_x0`).
         source_config: the diffusers config this one was made from (:meth:`from_config`),
             whose ``set_timesteps`` grid is reproduced when ``schedule`` is None.
     """
@@ -184,6 +210,11 @@ class UnigenScheduler(SchedulerMixin, ConfigMixin):
         base_image_seq_len: int = 256,
         max_image_seq_len: int = 4096,
         time_shift_type: str = "exponential",
+        clip_sample: bool = False,
+        clip_sample_range: float = 1.0,
+        thresholding: bool = False,
+        dynamic_thresholding_ratio: float = 0.995,
+        sample_max_value: float = 1.0,
         source_config: dict | None = None,
     ):
         if isinstance(solver, Solver) or (isinstance(solver, type) and issubclass(solver, Solver)):
@@ -191,14 +222,7 @@ class UnigenScheduler(SchedulerMixin, ConfigMixin):
             options = {**solver_arguments(instance), **(solver_options or {})}
             self.register_to_config(solver=type(instance).__name__, solver_options=options or None)
             solver, solver_options = type(instance).__name__, options
-        if not isinstance(solver, str) or solver not in REGISTRY:
-            raise ValueError(f"unknown solver {solver!r}; valid names are {', '.join(sorted(REGISTRY))} (or a Solver instance)")
-        if solver_options is not None and not isinstance(solver_options, dict):
-            raise TypeError(f"solver_options must be a dict of keyword arguments, got {type(solver_options).__name__}")
-        try:
-            self.solver = REGISTRY[solver](**(solver_options or {}))
-        except TypeError as e:
-            raise TypeError(f"solver_options do not fit {solver}: {e}") from None
+        self.solver = build_solver(solver, solver_options)
         if schedule is not None:
             get_schedule(schedule)  # an unknown name fails here, listing the valid ones
         if time_shift_type not in ("exponential", "linear"):
@@ -280,9 +304,10 @@ class UnigenScheduler(SchedulerMixin, ConfigMixin):
         network is called next (``prev_sample``; the sample itself after the last call) and
         the x0 that this output predicts (``pred_original_sample``).
 
-        The solver's state stays in the scheduler: ``sample`` starts the run at the first call
-        and must afterwards be the latents this scheduler returned (an edited or different
-        tensor raises, since the solver would not see the edit)."""
+        ``sample`` starts the run at the first call. Later, if it is not the tensor this scheduler
+        returned (a pipeline that rebuilds or edits its latents between calls: DiT's guidance
+        batch, inpainting blends), it is taken as the point the network was evaluated at: at a
+        step's start the solver continues from it, as diffusers' schedulers do."""
         if self.timesteps is None:
             raise RuntimeError("call set_timesteps(num_inference_steps) before step()")
         if not isinstance(model_output, Tensor) or not isinstance(sample, Tensor):
@@ -291,16 +316,21 @@ class UnigenScheduler(SchedulerMixin, ConfigMixin):
         if k >= len(self._call_times):
             raise RuntimeError(f"all {len(self._call_times)} calls of this grid are done; call set_timesteps again to start a new run")
         self._check_timestep(timestep, k)
+        moved = None
         if self._run is None:
             self._run = SteppedSampling(self.process, self.parametrization, self.solver, self._times, sample,
                                         generator=generator)
         else:
-            self._check_sample(sample)
+            moved = self._moved(sample)
             self._run.generator = generator
         run = self._run
-        point, t = run.point, run.t
-        x0 = Prediction(model_output.to(point.dtype), point, t, self.process, self.parametrization).x0
-        run.send(model_output)
+        point, t = (run.point if moved is None else moved), run.t
+        output = model_output.to(point.dtype)
+        x0 = Prediction(output, point, t, self.process, self.parametrization).x0
+        if self.config.clip_sample or self.config.thresholding:
+            x0 = self.limit_x0(x0)
+            output = Prediction(x0, point, t, self.process, "x0").as_(self.parametrization)
+        run.send(output.to(model_output.dtype), moved)
         prev = run.result if run.done else run.point
         self._step_index += 1
         prev = prev.to(sample.dtype)
@@ -309,6 +339,25 @@ class UnigenScheduler(SchedulerMixin, ConfigMixin):
         if not return_dict:
             return prev, x0
         return UnigenSchedulerOutput(prev_sample=prev, pred_original_sample=x0)
+
+    def limit_x0(self, x0: Tensor) -> Tensor:
+        r"""The predicted x0 limited as the config says: clipped to +-``clip_sample_range``, or
+        dynamic thresholding (Saharia et al. 2022, Imagen): per sample, s = the
+        ``dynamic_thresholding_ratio`` quantile of |x0| clamped to [1, ``sample_max_value``],
+        x0 -> clamp(x0, -s, s) / s.
+
+        The solver then sees the network's output re-expressed from the limited x0 at the same
+        point (e.g. eps = (z - alpha x0) / sigma), so every solver uses one consistent
+        prediction. (diffusers' DDIM keeps the unlimited eps next to the limited x0; the
+        data-prediction solvers, DPM-Solver++ and UniPC, use x0 alone and agree.)"""
+        if self.config.thresholding:
+            flat = x0.reshape(x0.shape[0], -1)
+            s = torch.quantile(flat.abs().float(), self.config.dynamic_thresholding_ratio, dim=1).to(x0.dtype)
+            s = s.clamp(min=1.0, max=self.config.sample_max_value).reshape((-1,) + (1,) * (x0.ndim - 1))
+            x0 = torch.maximum(torch.minimum(x0, s), -s) / s
+        if self.config.clip_sample:
+            x0 = x0.clamp(-self.config.clip_sample_range, self.config.clip_sample_range)
+        return x0
 
     def add_noise(self, original_samples: Tensor, noise: Tensor, timesteps: Tensor) -> Tensor:
         """z_t = alpha_t x + sigma_t eps at network timesteps ``timesteps`` (one per batch item, or one)."""
@@ -349,7 +398,7 @@ class UnigenScheduler(SchedulerMixin, ConfigMixin):
             return self._from_levels(sig), None
         if self.config.schedule is not None:
             return self._named(process, self.config.schedule, steps), None
-        source = _grid_source(self.config.source_config)
+        source = _grid_source(self.config.source_config, False)
         if source is None:
             return diffusers_grid(dict(self.config, _class_name="DDIMScheduler"), steps), None
         return self._source_grid(source, steps)
@@ -362,13 +411,17 @@ class UnigenScheduler(SchedulerMixin, ConfigMixin):
         ts = self.process.t_from_log_snr(-2.0 * torch.log(positive)).clamp(self.process.t_min, self.process.t_max)
         return torch.cat([ts, torch.zeros(1, dtype=_F64)])
 
+    def _source_scheduler(self, source):
+        """The source scheduler with this config's values (where it has the key) over its own."""
+        config = dict(self.config.source_config)
+        config.update({k: v for k, v in self.config.items() if k in config and not k.startswith("_")})
+        return source.from_config(config)
+
     def _source_grid(self, source, steps):
         """The grid of the diffusers scheduler ``source`` with this config: its timesteps, or
         (where it has them) its VE sigmas with fractional timesteps; and the network timestep
         of each grid node, exactly as that scheduler feeds it."""
-        config = dict(self.config.source_config)
-        config.update({k: v for k, v in self.config.items() if k in config and not k.startswith("_")})
-        s = source.from_config(config)
+        s = self._source_scheduler(source)
         s.set_timesteps(steps)
         taus = torch.unique_consecutive(s.timesteps.to(_F64).cpu())
         sig = getattr(s, "sigmas", None)
@@ -385,15 +438,21 @@ class UnigenScheduler(SchedulerMixin, ConfigMixin):
             ts = self.process.t_from_timestep(taus)
             last = None if sig is None else float(sig[-1])
             if last is None:
-                end = 0.0 if config.get("set_alpha_to_one", True) else float(self.process.t_from_timestep(torch.zeros(1)))
+                end = 0.0 if s.config.get("set_alpha_to_one", True) else float(self.process.t_from_timestep(torch.zeros(1)))
             else:
                 end = 0.0 if last == 0.0 else float(self.process.t_from_log_snr(torch.tensor(-2.0 * math.log(last), dtype=_F64)))
             if end >= float(ts[-1]):
-                end = 0.0
+                raise ValueError(
+                    f"{source.__name__}'s last step with this config has zero length (its last timestep is 0 and "
+                    "set_alpha_to_one=False); a solver grid needs distinct times: use steps_offset=1, another step count, "
+                    "or pass timesteps="
+                )
             ts = torch.cat([ts, torch.tensor([end], dtype=_F64)])
         else:
             levels = torch.unique_consecutive(sig.to(_F64).cpu())
             ts = self._from_levels(levels)
+            if float(levels[-1]) != 0.0:  # the source ends at its last level (final_sigmas_type "sigma_min")
+                ts = ts[:-1]
         nodes = dict(zip(ts[: taus.numel()].tolist(), taus.tolist()))
         # the source's starting latents in z units: schedulers that keep the VE state x = z/alpha
         # (Euler, Heun, LMS, ...) start at init_noise_sigma * noise there, i.e. z = that * alpha
@@ -425,6 +484,12 @@ class UnigenScheduler(SchedulerMixin, ConfigMixin):
             sig = torch.as_tensor(timesteps, dtype=_F64).reshape(-1).cpu() / n
         elif sigmas is not None:
             sig = self._shift(torch.as_tensor(sigmas, dtype=_F64).reshape(-1).cpu(), mu)
+        elif self.config.schedule is None and _grid_source(self.config.source_config, True) is not None:
+            # the source FlowMatch scheduler's own grid (its sigmas are the FM times), for parity
+            s = self._source_scheduler(_grid_source(self.config.source_config, True))
+            s.set_timesteps(steps, **({"mu": mu} if self.config.use_dynamic_shifting else {}))
+            sig = torch.unique_consecutive(s.sigmas.to(_F64).cpu())
+            return (sig if float(sig[-1]) == 0.0 else torch.cat([sig, sig.new_zeros(1)])), None
         elif self.config.schedule is not None:
             s = self._shift_factor(mu)
             process = FlowMatching() if s == 1.0 else ShiftedFlowMatching(s)
@@ -469,15 +534,16 @@ class UnigenScheduler(SchedulerMixin, ConfigMixin):
                 "entry of scheduler.timesteps, in order, after set_timesteps"
             )
 
-    def _check_sample(self, sample: Tensor) -> None:
+    def _moved(self, sample: Tensor) -> Tensor | None:
+        """``sample`` as the point the network was evaluated at, if it is not the latents this
+        scheduler returned (DiT's pipeline rebuilds its batch; inpainting blends): the solver's
+        point is replaced by it. None when it is the returned tensor itself."""
         last = self._returned
         if sample is last:
-            return
-        if last is None or sample.shape != last.shape:
-            raise ValueError(f"sample has shape {tuple(sample.shape)}, but this run's latents have shape "
-                             f"{None if last is None else tuple(last.shape)}")
-        if not torch.equal(sample.to(last.dtype), last):
-            raise ValueError(
-                "sample differs from the prev_sample this scheduler returned: the solver keeps its own state, so edits to "
-                "the latents between steps (inpainting blends, callbacks changing latents) would be ignored"
-            )
+            return None
+        point = self._run.point
+        if sample.shape != point.shape:
+            raise ValueError(f"sample has shape {tuple(sample.shape)}, but this run's latents have shape {tuple(point.shape)}")
+        if not sample.is_floating_point():
+            raise TypeError(f"sample must be a floating tensor, got {sample.dtype}")
+        return sample.to(point.dtype)

@@ -24,8 +24,10 @@ configurations the tests and the benchmark run for each.
 from __future__ import annotations
 
 
+import functools
 import inspect
 import math
+import weakref
 
 import numpy as np
 import torch
@@ -49,6 +51,25 @@ __all__ = [
 LOWER_ORDER_FINAL_BELOW = 15
 
 REGISTRY: dict[str, type] = {}
+
+# the constructor arguments of each solver instance (Solver.arguments), kept beside the instance
+# so that its attributes, repr and cache key stay what the solver itself sets
+_ARGUMENTS: "weakref.WeakKeyDictionary[Solver, dict]" = weakref.WeakKeyDictionary()
+
+
+def _recording(init):
+    """``init`` that first records the arguments of the outermost constructor call."""
+    signature = inspect.signature(init)
+
+    @functools.wraps(init)
+    def wrapper(self, *args, **kwargs):
+        if self not in _ARGUMENTS:
+            bound = signature.bind(self, *args, **kwargs)
+            bound.apply_defaults()
+            _ARGUMENTS[self] = {k: v for k, v in list(bound.arguments.items())[1:]}
+        init(self, *args, **kwargs)
+
+    return wrapper
 
 
 class Dynamics:
@@ -124,6 +145,13 @@ class Solver:
         super().__init_subclass__(**kwargs)
         if register and not cls.__name__.startswith("_"):
             REGISTRY[cls.__name__] = cls
+        if "__init__" in cls.__dict__:
+            cls.__init__ = _recording(cls.__dict__["__init__"])
+
+    def arguments(self) -> dict:
+        """The arguments this solver was constructed with (defaults filled in), by name:
+        ``type(s)(**s.arguments())`` builds the same configuration."""
+        return dict(_ARGUMENTS.get(self, {}))
 
     # -- the interface -------------------------------------------------------------------
     def init(self, dyn: Dynamics, z: Tensor, grid: Grid):
