@@ -342,3 +342,53 @@ def test_clear_errors():
         fm.set_timesteps(sigmas=[1.5, 0.5])
     with pytest.raises(ValueError, match="chooses its own times"):
         UnigenScheduler.from_config(cfg, solver="Adaptive").set_timesteps(3)
+
+
+# ---------------------------------------------------------------------------------------
+# convergence on the flow-matching pipeline's network
+# ---------------------------------------------------------------------------------------
+def _smooth_in_time(transformer):
+    """An untrained network's timestep embedding oscillates on the scale of one timestep
+    (sinusoids up to frequency 1 in t * 1000), far rougher in t than a trained model: keep the
+    embedding's slow frequencies only (below 2e-3 per timestep, less than a turn over [0, 1000])."""
+    lin = transformer.time_text_embed.timestep_embedder.linear_1
+    half = lin.in_features // 2
+    freq = torch.exp(-math.log(10000.0) * torch.arange(half, dtype=F64) / half)
+    with torch.no_grad():
+        lin.weight[:, torch.cat([freq, freq]) > 2e-3] = 0.0
+
+
+@pytest.mark.parametrize("solver", [ug.UniPC(2, lower_order_final=False), ug.DPMSolverPP(2, lower_order_final=False),
+                                    ug.DEIS(2, lower_order_final=False)], ids=lambda s: s.label())
+def test_flow_matching_solvers_converge_at_their_order(solver):
+    """The SD3 pipeline's transformer (float64, shift 3, user sigmas shifted once) driven through
+    the scheduler converges to a dopri5 solve of its flow-matching ODE (torchdiffeq, rtol 1e-10)
+    at the solver's declared order: least-squares slope of log error against log NFE."""
+    torchdiffeq = require("torchdiffeq")
+    pipe = P.build("sd3", D, D.FlowMatchEulerDiscreteScheduler(shift=3.0), dtype=F64)
+    _smooth_in_time(pipe.transformer)
+    emb = P.prompt(batch=1, dtype=F64, pooled=True)
+
+    def net(z, tau):
+        return pipe.transformer(hidden_states=z, timestep=tau.reshape(-1).to(F64).expand(z.shape[0]),
+                                encoder_hidden_states=emb["prompt_embeds"], pooled_projections=emb["pooled_prompt_embeds"]).sample
+
+    z0 = torch.randn(1, 4, 8, 8, dtype=F64, generator=torch.Generator().manual_seed(0))
+    with torch.no_grad():
+        ref = torchdiffeq.odeint(lambda t, z: net(z, t * 1000.0), z0, torch.tensor([1.0, 0.0], dtype=F64),
+                                 rtol=1e-10, atol=1e-10, method="dopri5")[-1]
+    sch = UnigenScheduler.from_config(pipe.scheduler.config, solver=solver)
+    nfes, errs = [], []
+    for n in (5, 10, 20, 40):
+        sigmas = torch.linspace(1.0, 1.0 / n, n, dtype=F64)
+        sch.set_timesteps(sigmas=sigmas.tolist())
+        torch.testing.assert_close(sch.timesteps.to(F64), (3.0 * sigmas / (1.0 + 2.0 * sigmas) * 1000.0), rtol=1e-6, atol=0)
+        x = z0
+        with torch.no_grad():
+            for tau in sch.timesteps:
+                x = sch.step(net(x, tau), tau, x).prev_sample
+        nfes.append(len(sch.timesteps))
+        errs.append(float((x - ref).abs().max()))
+    lx, ly = torch.tensor(nfes, dtype=F64).log(), torch.tensor(errs, dtype=F64).log()
+    slope = -float(((lx - lx.mean()) * (ly - ly.mean())).sum() / ((lx - lx.mean()) ** 2).sum())
+    assert errs[-1] < 5e-3 and abs(slope - solver.order) <= 0.5, (errs, slope)
