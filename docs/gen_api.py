@@ -26,14 +26,42 @@ OUT = ROOT / "docs" / "api.md"
 _ADDRESS = re.compile(r" at 0x[0-9a-fA-F]+")
 
 
+# optional dependencies a module may import at its top (unigen.interop.diffusers_scheduler:
+# diffusers); where one is not installed, that module's committed section is kept as it is
+OPTIONAL_IMPORTS = {"diffusers", "transformers"}
+
+
+def _import(name: str):
+    """The module, or its name if it needs an optional dependency that is not installed."""
+    try:
+        return importlib.import_module(name)
+    except ModuleNotFoundError as e:
+        if (e.name or "").split(".")[0] in OPTIONAL_IMPORTS:
+            return name
+        raise
+
+
 def public_modules(package: str = "unigen") -> list:
     """``package`` and its submodules with no ``_private`` path component that declare ``__all__``
-    (sorted by name, the package first)."""
+    (sorted by name, the package first); a module whose optional dependency is missing appears
+    as its name."""
     pkg = importlib.import_module(package)
-    names = [m.name for m in pkgutil.walk_packages(pkg.__path__, package + ".")]
+    names = [m.name for m in pkgutil.walk_packages(pkg.__path__, package + ".", onerror=lambda name: None)]
     names = sorted(n for n in names if not any(part.startswith("_") for part in n.split(".")))
-    mods = [pkg] + [importlib.import_module(n) for n in names]
-    return [m for m in mods if isinstance(getattr(m, "__all__", None), (list, tuple))]
+    mods = [pkg] + [_import(n) for n in names]
+    return [m for m in mods if isinstance(m, str) or isinstance(getattr(m, "__all__", None), (list, tuple))]
+
+
+def committed_section(name: str) -> list:
+    """The lines of module ``name``'s section in the committed docs/api.md (kept where the module
+    cannot be imported here)."""
+    text = OUT.read_text() if OUT.exists() else ""
+    start = text.find(f'<a id="{name}"></a>')
+    if start < 0:
+        raise SystemExit(f"{name} needs an optional dependency that is not installed and has no committed section")
+    nxt = re.compile(r'^<a id="[^"]+"></a>\n\n## ', flags=re.MULTILINE).search(text, start + 1)
+    end = nxt.start() if nxt else -1
+    return text[start: end if end >= 0 else len(text)].rstrip("\n").split("\n") + [""]
 
 
 def _kind(obj) -> str:
@@ -154,7 +182,8 @@ def _document(lines: list, module: str, name: str, obj) -> None:
 
 def generate() -> str:
     """The text of docs/api.md."""
-    modules = public_modules()
+    listed = public_modules()
+    modules = [m for m in listed if not isinstance(m, str)]
     home = homes(modules)
     top = modules[0]
     lines = [
@@ -173,9 +202,13 @@ def generate() -> str:
         mod, hname = home[id(obj), name]
         lines.append(f"| [`{name}`](#{_anchor(mod, hname)}) | {_kind(obj)} | {_summary(obj)} |")
     lines += ["", "Modules:", ""]
-    lines += [f"- [`{m.__name__}`](#{m.__name__})" for m in modules[1:]]
+    names = [m if isinstance(m, str) else m.__name__ for m in listed[1:]]
+    lines += [f"- [`{n}`](#{n})" for n in names]
     lines.append("")
-    for m in modules[1:]:
+    for m in listed[1:]:
+        if isinstance(m, str):
+            lines += committed_section(m)
+            continue
         lines += [f'<a id="{m.__name__}"></a>', "", f"## `{m.__name__}`", ""]
         _text_block(lines, own_doc(m) or "(no module docstring)")
         elsewhere = []
@@ -200,7 +233,7 @@ def generate() -> str:
 def undocumented() -> list:
     """'module.name' of every exported class, function or module without its own docstring."""
     missing = []
-    modules = public_modules()
+    modules = [m for m in public_modules() if not isinstance(m, str)]
     for m in modules:
         if not own_doc(m):
             missing.append(m.__name__)
