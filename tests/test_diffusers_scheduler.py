@@ -392,3 +392,35 @@ def test_flow_matching_solvers_converge_at_their_order(solver):
     lx, ly = torch.tensor(nfes, dtype=F64).log(), torch.tensor(errs, dtype=F64).log()
     slope = -float(((lx - lx.mean()) * (ly - ly.mean())).sum() / ((lx - lx.mean()) ** 2).sum())
     assert errs[-1] < 5e-3 and abs(slope - solver.order) <= 0.5, (errs, slope)
+
+
+# ---------------------------------------------------------------------------------------
+# one loop: the pipeline drives ug.sample's own loop
+# ---------------------------------------------------------------------------------------
+@pytest.mark.parametrize("solver", [ug.DPMSolverPP(2), ug.Heun(), ug.DDPM()], ids=lambda s: s.label())
+def test_pipeline_loop_is_ug_sample(solver):
+    """A pipeline-style loop through the scheduler gives exactly what ug.sample gives on the same
+    network (diffusers_model), grid (a list of times in the config: e.g. an optimised grid), noise
+    and generator: the scheduler feeds ug.sample's loop, it does not re-implement the solver."""
+    from unigen.interop import diffusers_model, from_diffusers
+
+    with P.float32_defaults():
+        unet = P.unet2d(D)
+    cfg = D.DDIMScheduler(clip_sample=False).config
+    times = [1.0, 0.8, 0.5, 0.3, 0.1, 0.02, 0.0]
+    sch = UnigenScheduler.from_config(cfg, solver=solver, schedule=times)
+    sch.set_timesteps()
+    assert len(sch.timesteps) == (len(times) - 1) * solver.nfe_per_step - (solver.nfe_per_step - 1)
+    z = torch.randn(2, 3, 8, 8, generator=torch.Generator().manual_seed(0))
+    x, g = z, torch.Generator().manual_seed(5)
+    with torch.no_grad():
+        for t in sch.timesteps:
+            x = sch.step(unet(x, t).sample, t, x, generator=g).prev_sample
+    spec = from_diffusers(cfg)
+    with torch.no_grad():
+        ref, info = ug.sample(diffusers_model(unet, spec.process, spec.parametrization), solver, schedule=times, noise=z,
+                              generator=torch.Generator().manual_seed(5))
+    assert info.nfe == len(sch.timesteps)
+    torch.testing.assert_close(x, ref, rtol=1e-5, atol=1e-5)
+    with pytest.raises(ValueError, match="disagrees with the config's 7 schedule times"):
+        sch.set_timesteps(4)

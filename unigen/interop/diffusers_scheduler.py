@@ -27,7 +27,10 @@ The grid (which times the solver visits) is, in order of precedence:
 * ``set_timesteps(sigmas=...)``: VE levels sigma/alpha for beta tables; for flow matching the
   unshifted sigmas, shifted once by ``shift`` (or by ``mu`` with dynamic shifting), as the
   SD3 and Flux pipelines pass them;
-* the config's ``schedule``: any unigen schedule name ("logsnr", "karras", "uniform",
+* the config's ``schedule`` as a list of times of the process (VP.discrete's t, or the
+  flow-matching time sigma), used exactly: e.g. a grid optimised for the pipeline's network by
+  :func:`unigen.calibration.optimize_schedule` on :func:`~unigen.interop.diffusers_model`;
+* the config's ``schedule`` as a name: any unigen schedule ("logsnr", "karras", "uniform",
   "quadratic", "leading", ...) over the process's sampling range, then the clean point;
 * by default, for a scheduler made with :meth:`from_config` from a diffusers beta-table
   scheduler, exactly that scheduler's ``set_timesteps`` grid (its spacing and sigma options),
@@ -168,8 +171,9 @@ class UnigenScheduler(SchedulerMixin, ConfigMixin):
         solver: a registered solver name (``unigen.solvers.REGISTRY``) or a Solver instance
             (stored as its name and :func:`solver_arguments`).
         solver_options: keyword arguments for the solver class.
-        schedule: a unigen schedule name, or None for the source scheduler's / the config's
-            spacing (module docstring).
+        schedule: a unigen schedule name, a list of the process's times (first to last, used
+            exactly: e.g. an optimised grid, ``unigen.calibration.optimize_schedule(...).grid``),
+            or None for the source scheduler's / the config's spacing (module docstring).
         flow_matching: the network is a flow-matching velocity model (``noise - x`` at
             sigma = t); set by :meth:`from_config` for ``FlowMatch*`` configs.
         num_train_timesteps, beta_start, beta_end, beta_schedule, trained_betas,
@@ -223,8 +227,10 @@ class UnigenScheduler(SchedulerMixin, ConfigMixin):
             self.register_to_config(solver=type(instance).__name__, solver_options=options or None)
             solver, solver_options = type(instance).__name__, options
         self.solver = build_solver(solver, solver_options)
-        if schedule is not None:
+        if isinstance(schedule, str):
             get_schedule(schedule)  # an unknown name fails here, listing the valid ones
+        elif schedule is not None and not isinstance(schedule, (list, tuple)):
+            raise TypeError(f"schedule must be a schedule name or a list of times, got {type(schedule).__name__}")
         if time_shift_type not in ("exponential", "linear"):
             raise ValueError(f"time_shift_type must be 'exponential' or 'linear', got {time_shift_type!r}")
         if flow_matching:
@@ -238,6 +244,8 @@ class UnigenScheduler(SchedulerMixin, ConfigMixin):
                 "rescale_betas_zero_snr": rescale_betas_zero_snr,
             })
         self.process, self.parametrization = spec.process, spec.parametrization
+        if isinstance(schedule, (list, tuple)):  # given times: checked now, used exactly
+            check_grid(torch.tensor([float(v) for v in schedule], dtype=_F64), self.process)
         self.order = int(self.solver.nfe_per_step)
         self.init_noise_sigma = 1.0  # the latents start as standard normal noise, as in diffusers' pipelines
         self.num_inference_steps = None
@@ -282,12 +290,19 @@ class UnigenScheduler(SchedulerMixin, ConfigMixin):
         given = [v for v in (timesteps, sigmas) if v is not None]
         if len(given) > 1:
             raise ValueError("pass at most one of timesteps and sigmas")
-        if not given:
+        times = self.config.schedule if isinstance(self.config.schedule, (list, tuple)) and not given else None
+        if times is not None:
+            if num_inference_steps is not None and num_inference_steps != len(times) - 1:
+                raise ValueError(f"num_inference_steps={num_inference_steps} disagrees with the config's {len(times)} "
+                                 f"schedule times ({len(times) - 1} steps)")
+        elif not given:
             if isinstance(num_inference_steps, bool) or not isinstance(num_inference_steps, int) or num_inference_steps < 1:
                 raise ValueError(f"num_inference_steps must be a positive int, got {num_inference_steps!r}")
         elif num_inference_steps is not None and num_inference_steps != len(given[0]):
             raise ValueError(f"num_inference_steps={num_inference_steps} disagrees with {len(given[0])} given timesteps/sigmas")
-        if self.config.flow_matching:
+        if times is not None:
+            ts, node_steps = torch.tensor([float(v) for v in times], dtype=_F64), None
+        elif self.config.flow_matching:
             ts, node_steps = self._flow_grid(num_inference_steps, timesteps, sigmas, mu)
         else:
             ts, node_steps = self._table_grid(num_inference_steps, timesteps, sigmas)
