@@ -51,6 +51,7 @@ from __future__ import annotations
 import inspect
 import math
 from dataclasses import dataclass
+from types import SimpleNamespace
 
 import diffusers
 import torch
@@ -59,12 +60,14 @@ from diffusers.schedulers.scheduling_utils import SchedulerMixin
 from diffusers.utils import BaseOutput
 from torch import Tensor
 
+from .._utils import LRUCache, SingularConversionError
 from ..parametrization import Prediction
 from ..process import FlowMatching, VPDiscrete
 from ..sample import model_grid
 from ..model import Model
 from ..schedules import check_grid, get_schedule, sample_range
 from ..solvers import REGISTRY, Solver, get_solver
+from ..solvers.executor import conversion
 from ..stepwise import SteppedSampling, call_times
 from .diffusers import ShiftedFlowMatching, diffusers_grid, from_diffusers
 
@@ -251,8 +254,9 @@ class UnigenScheduler(SchedulerMixin, ConfigMixin):
         self.num_inference_steps = None
         self.timesteps = None
         self._times = None  # the grid (float64 process times)
-        self._call_times: list[float] = []
+        self._calls: list = []  # (time, (cz, co) of x0 = cz z + co output) per network call
         self._run: SteppedSampling | None = None
+        self._plans = LRUCache(8)
         self._returned: Tensor | None = None
         self._step_index = 0
 
@@ -300,19 +304,41 @@ class UnigenScheduler(SchedulerMixin, ConfigMixin):
                 raise ValueError(f"num_inference_steps must be a positive int, got {num_inference_steps!r}")
         elif num_inference_steps is not None and num_inference_steps != len(given[0]):
             raise ValueError(f"num_inference_steps={num_inference_steps} disagrees with {len(given[0])} given timesteps/sigmas")
-        if times is not None:
-            ts, node_steps = torch.tensor([float(v) for v in times], dtype=_F64), None
-        elif self.config.flow_matching:
-            ts, node_steps = self._flow_grid(num_inference_steps, timesteps, sigmas, mu)
-        else:
-            ts, node_steps = self._table_grid(num_inference_steps, timesteps, sigmas)
-        self._times = check_grid(ts, self.process)
-        self.num_inference_steps = self._times.numel() - 1
-        self._call_times = call_times(self.process, self.parametrization, self.solver, self._times)
-        taus = [self._network_timestep(t, node_steps) for t in self._call_times]
+        as_key = lambda v: None if v is None else tuple(float(x) for x in torch.as_tensor(v).reshape(-1).tolist())  # noqa: E731
+        key = (None if times is not None else num_inference_steps, as_key(timesteps), as_key(sigmas), mu)
+        # the grid, its calls and their timesteps: built once per setting (a pipeline calls
+        # set_timesteps on every run; building needs the source scheduler and a dry run)
+        ts, self._calls, taus, self.init_noise_sigma = self._plans.get(
+            key, lambda: self._plan(times, num_inference_steps, timesteps, sigmas, mu))
+        self._times = ts
+        self.num_inference_steps = ts.numel() - 1
         self.timesteps = torch.tensor(taus, dtype=torch.float32, device=device)
         if not self.config.flow_matching and all(float(v).is_integer() for v in taus):
             self.timesteps = self.timesteps.to(torch.int64)  # diffusers' integer DDPM indices
+
+    def _plan(self, times, steps, timesteps, sigmas, mu):
+        """(grid, call times, network timestep of each call, init_noise_sigma) for these settings."""
+        self.init_noise_sigma = 1.0
+        if times is not None:
+            ts, node_steps = torch.tensor([float(v) for v in times], dtype=_F64), None
+        elif self.config.flow_matching:
+            ts, node_steps = self._flow_grid(steps, timesteps, sigmas, mu)
+        else:
+            ts, node_steps = self._table_grid(steps, timesteps, sigmas)
+        ts = check_grid(ts, self.process)
+        calls = call_times(self.process, self.parametrization, self.solver, ts)
+        taus = [self._network_timestep(t, node_steps) for t in calls]
+        return ts, [(t, self._x0_coefficients(t)) for t in calls], taus, self.init_noise_sigma
+
+    def _x0_coefficients(self, t: float):
+        """(cz, co) with x0 = cz z + co output at time t (None where the output does not determine x0)."""
+        p, tt = self.process, torch.tensor([t], dtype=_F64)
+        node = SimpleNamespace(time=t, alpha=float(p.alpha(tt)), sigma=float(p.sigma(tt)),
+                               d_alpha=float(p.d_alpha(tt)), d_sigma=float(p.d_sigma(tt)))
+        try:
+            return conversion(node, self.parametrization, "x0")
+        except SingularConversionError:
+            return None
 
     def step(self, model_output: Tensor, timestep, sample: Tensor, generator=None, return_dict: bool = True):
         """Hand the network's output at the current call to the solver; returns where the
@@ -328,8 +354,8 @@ class UnigenScheduler(SchedulerMixin, ConfigMixin):
         if not isinstance(model_output, Tensor) or not isinstance(sample, Tensor):
             raise TypeError("model_output and sample must be tensors")
         k = self._step_index
-        if k >= len(self._call_times):
-            raise RuntimeError(f"all {len(self._call_times)} calls of this grid are done; call set_timesteps again to start a new run")
+        if k >= len(self._calls):
+            raise RuntimeError(f"all {len(self._calls)} calls of this grid are done; call set_timesteps again to start a new run")
         self._check_timestep(timestep, k)
         moved = None
         if self._run is None:
@@ -341,16 +367,20 @@ class UnigenScheduler(SchedulerMixin, ConfigMixin):
         run = self._run
         point, t = (run.point if moved is None else moved), run.t
         output = model_output.to(point.dtype)
-        x0 = Prediction(output, point, t, self.process, self.parametrization).x0
+        x0 = None
         if self.config.clip_sample or self.config.thresholding:
+            x0 = Prediction(output, point, t, self.process, self.parametrization).x0
             x0 = self.limit_x0(x0)
             output = Prediction(x0, point, t, self.process, "x0").as_(self.parametrization)
+        elif self._calls[k][1] is not None:
+            cz, co = self._calls[k][1]
+            x0 = output * co if cz == 0.0 else torch.add(point * cz, output, alpha=co)
         run.send(output.to(model_output.dtype), moved)
         prev = run.result if run.done else run.point
         self._step_index += 1
         prev = prev.to(sample.dtype)
         self._returned = prev
-        x0 = x0.to(sample.dtype)
+        x0 = None if x0 is None else x0.to(sample.dtype)
         if not return_dict:
             return prev, x0
         return UnigenSchedulerOutput(prev_sample=prev, pred_original_sample=x0)
@@ -545,7 +575,7 @@ class UnigenScheduler(SchedulerMixin, ConfigMixin):
         want = float(self.timesteps[k])
         if abs(got - want) > 1e-3 * max(1.0, abs(want)):
             raise ValueError(
-                f"step() got timestep {got:g} but call {k} of {len(self._call_times)} is at timestep {want:g}: step once per "
+                f"step() got timestep {got:g} but call {k} of {len(self._calls)} is at timestep {want:g}: step once per "
                 "entry of scheduler.timesteps, in order, after set_timesteps"
             )
 
