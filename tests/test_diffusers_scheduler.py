@@ -46,6 +46,8 @@ SAME = [  # (pipeline, diffusers scheduler, its settings, the unigen solver with
     ("ddpm", "DPMSolverMultistepScheduler", {"prediction_type": "v_prediction"}, ug.DPMSolverPP(2), 6),
     ("ddpm", "DDIMScheduler", {"prediction_type": "v_prediction", "timestep_spacing": "trailing", "clip_sample": False}, ug.DDIM(), 5),
     ("dit", "UniPCMultistepScheduler", {"timestep_spacing": "trailing"}, ug.UniPC(2), 5),
+    ("ddpm", "DDIMScheduler", {"prediction_type": "v_prediction", "timestep_spacing": "trailing", "clip_sample": False,
+                               "rescale_betas_zero_snr": True}, ug.DDIM(), 5),  # zero terminal SNR: alpha(1) = 0
     ("dit", "DDIMScheduler", {"clip_sample": False}, ug.DDIM(), 4),
     ("dit", "DPMSolverMultistepScheduler", {}, ug.DPMSolverPP(2), 5),
     ("sd", "DDIMScheduler", SD_TABLE, ug.DDIM(), 5),
@@ -136,6 +138,25 @@ def test_dynamic_shifting_uses_mu():
     sch.set_timesteps(4, mu=math.log(2.0))
     u = torch.tensor([1.0, 0.75, 0.5, 0.25], dtype=F64)
     torch.testing.assert_close(sch.timesteps.to(F64), 2.0 * u / (1.0 + u) * 1000.0, rtol=1e-6, atol=0)
+
+
+def test_ddim_linspace_gap_is_diffusers_step_ratio():
+    """diffusers' DDIM steps from timestep t to t - N // n (its step ratio), not to the next timestep
+    it lists: with "linspace" spacing at n = 6 it lists 999, 799, ... but moves the state to the level
+    of 833, then calls the network at 799 on it. unigen's DDIM steps between the listed timesteps.
+    The first step shows it: diffusers lands exactly on the DDIM update to 833, unigen on the one to 799."""
+    theirs = D.DDIMScheduler(timestep_spacing="linspace", clip_sample=False)
+    ours = UnigenScheduler.from_config(theirs.config, solver="DDIM")
+    for s in (theirs, ours):
+        s.set_timesteps(6)
+    assert theirs.timesteps.tolist()[:2] == [999, 799] and ours.timesteps.tolist()[:2] == [999, 799]
+    g = torch.Generator().manual_seed(0)
+    z, eps = torch.randn(2, 3, generator=g), torch.randn(2, 3, generator=g)
+    abar = theirs.alphas_cumprod.to(F64)
+    x0 = (z - (1 - abar[999]).sqrt() * eps) / abar[999].sqrt()
+    ddim = lambda k: (abar[k].sqrt() * x0 + (1 - abar[k]).sqrt() * eps).to(F32)  # noqa: E731
+    torch.testing.assert_close(theirs.step(eps, 999, z).prev_sample, ddim(999 - 1000 // 6), rtol=1e-5, atol=1e-5)
+    torch.testing.assert_close(ours.step(eps, 999, z).prev_sample, ddim(799), rtol=1e-5, atol=1e-5)
 
 
 def test_ddim_clip_sample_difference_is_the_eps_it_keeps():
