@@ -42,8 +42,8 @@ def _mixture(d=3, k=3, seed=0):
 # ---------------------------------------------------------------------------------------
 def test_import_does_not_load_peers():
     code = (
-        "import sys, unigen, unigen.interop, unigen.interop.diffusers, unigen.interop.kdiffusion\n"
-        "bad = [m for m in sys.modules if m.split('.')[0] in ('diffusers', 'k_diffusion')]\n"
+        "import sys, unigen, unigen.interop, unigen.interop.diffusers, unigen.interop.kdiffusion, unigen.stepwise\n"
+        "bad = [m for m in sys.modules if m.split('.')[0] in ('diffusers', 'k_diffusion', 'transformers')]\n"
         "assert not bad, bad\n"
     )
     subprocess.run([sys.executable, "-c", code], check=True)
