@@ -355,7 +355,13 @@ def test_clear_errors():
     x = torch.randn(2)
     x = sch.step(torch.zeros(2), sch.timesteps[0], x).prev_sample
     with pytest.raises(ValueError, match=r"sample has shape \(3,\), but this run's latents have shape \(2,\)"):
-        sch.step(torch.zeros(2), sch.timesteps[1], torch.zeros(3))
+        sch.step(torch.zeros(3), sch.timesteps[1], torch.zeros(3))
+    with pytest.raises(ValueError, match=r"model_output has shape \(4,\) but sample has \(2,\)"):
+        sch.step(torch.zeros(4), sch.timesteps[1], x)
+    with pytest.raises(ValueError, match="invert_sigmas=True"):
+        UnigenScheduler.from_config(D.FlowMatchEulerDiscreteScheduler(invert_sigmas=True).config)
+    with pytest.raises(ValueError, match="stochastic_sampling=True"):
+        UnigenScheduler.from_config(D.FlowMatchEulerDiscreteScheduler(stochastic_sampling=True).config)
     with pytest.raises(ValueError, match="fewer|must be finite"):
         sch.set_timesteps(sigmas=[float("nan"), 1.0])
     fm = UnigenScheduler.from_config(D.FlowMatchEulerDiscreteScheduler().config)
@@ -445,3 +451,140 @@ def test_pipeline_loop_is_ug_sample(solver):
     torch.testing.assert_close(x, ref, rtol=1e-5, atol=1e-5)
     with pytest.raises(ValueError, match="disagrees with the config's 7 schedule times"):
         sch.set_timesteps(4)
+
+
+# ---------------------------------------------------------------------------------------
+# what pipelines beyond text-to-image do (img2img, learned variance, other scheduler configs)
+# ---------------------------------------------------------------------------------------
+@pytest.mark.parametrize("cls_name, solver", [("DDIMScheduler", ug.DDIM()), ("DPMSolverMultistepScheduler", ug.DPMSolverPP(2))],
+                         ids=["DDIM", "DPM++2M"])
+def test_img2img_starts_where_the_pipeline_begins(cls_name, solver):
+    """Img2img slices the timesteps and calls set_begin_index: the run starts at that call from the
+    noised image (add_noise), giving diffusers' own images."""
+    base = P.build("sd", D, _scheduler(cls_name, SD_TABLE))
+    pipe = D.StableDiffusionImg2ImgPipeline(**base.components)
+    pipe.set_progress_bar_config(disable=True)
+    image = torch.rand(2, 3, 16, 16, generator=torch.Generator().manual_seed(2))
+
+    def run():
+        return pipe(image=image, strength=0.6, guidance_scale=5.0, num_inference_steps=6, output_type="np",
+                    generator=torch.Generator().manual_seed(0), **P.prompt()).images
+
+    theirs = run()
+    pipe.scheduler = UnigenScheduler.from_config(pipe.scheduler.config, solver=solver)
+    ours = run()
+    assert pipe.scheduler.begin_index == 3 and np.abs(ours - theirs).max() <= IMAGE_TOL
+
+
+def test_img2img_flow_matching_uses_scale_noise():
+    base = P.build("sd3", D, D.FlowMatchEulerDiscreteScheduler(shift=3.0))
+    pipe = D.StableDiffusion3Img2ImgPipeline(**base.components)
+    pipe.set_progress_bar_config(disable=True)
+    image = torch.rand(2, 3, 16, 16, generator=torch.Generator().manual_seed(2))
+
+    def run():
+        return pipe(image=image, strength=0.6, guidance_scale=4.0, num_inference_steps=5, output_type="np",
+                    generator=torch.Generator().manual_seed(0), **P.prompt(pooled=True)).images
+
+    theirs = run()
+    pipe.scheduler = UnigenScheduler.from_config(pipe.scheduler.config, solver=ug.Euler())
+    ours = run()
+    assert np.abs(ours - theirs).max() <= IMAGE_TOL
+
+
+def test_a_run_begins_only_at_a_step():
+    sch = UnigenScheduler.from_config(D.DDIMScheduler().config, solver="Heun")
+    sch.set_timesteps(4)
+    sch.set_begin_index(2)  # Heun's calls: 0, 1 | 2, 3 | 4, 5 | 6 (the last step lands without a second call)
+    with pytest.raises(ValueError, match="not the first call of a step of Heun"):
+        sch.set_begin_index(1)
+
+
+@pytest.mark.parametrize("cls_name", ["KDPM2DiscreteScheduler", "DPMSolverSDEScheduler", "HeunDiscreteScheduler"])
+def test_two_stage_sources_give_each_level_its_own_timestep(cls_name):
+    """KDPM2 and DPMSolverSDE list step and midpoint timesteps interleaved; the grid takes the steps'
+    levels and each level's own timestep (diffusers' log-sigma interpolation)."""
+    ref = getattr(D, cls_name)()
+    ours = UnigenScheduler.from_config(ref.config, solver="DDIM")
+    ours.set_timesteps(4)
+    ref.set_timesteps(4)
+    main = torch.unique_consecutive(ref.timesteps.to(F64))[:: (1 if cls_name == "HeunDiscreteScheduler" else 2)]
+    torch.testing.assert_close(ours.timesteps.to(F64), main[: len(ours.timesteps)], rtol=1e-4, atol=1e-3)
+
+
+def test_flow_sigma_configs_of_beta_schedulers_are_flow_matching():
+    """Wan-style configs (UniPC with prediction_type='flow_prediction', use_flow_sigmas, flow_shift)
+    are flow matching with that shift, on the source's own grid: the same result as diffusers' UniPC."""
+    ref = D.UniPCMultistepScheduler(prediction_type="flow_prediction", use_flow_sigmas=True, flow_shift=5.0)
+    ours = UnigenScheduler.from_config(ref.config, solver=ug.UniPC(2))
+    assert ours.config.flow_matching and ours.config.shift == 5.0
+    net = lambda z, t: 0.7 * z.flip(-1) - 0.3  # noqa: E731
+    outs = []
+    for s in (ref, ours):
+        s.set_timesteps(5)
+        x = torch.randn(2, 4, generator=torch.Generator().manual_seed(0))
+        for t in s.timesteps:
+            x = s.step(net(x, t), t, x).prev_sample
+        outs.append(x)
+    torch.testing.assert_close(ours.timesteps.to(F64), ref.timesteps.to(F64))
+    torch.testing.assert_close(outs[1], outs[0], rtol=1e-5, atol=1e-5)
+
+
+@pytest.mark.parametrize("option", [{"shift_terminal": 0.1}, {"use_karras_sigmas": True}, {"use_exponential_sigmas": True}])
+def test_flow_match_sigma_options_apply_to_user_sigmas(option):
+    ref = D.FlowMatchEulerDiscreteScheduler(shift=3.0, **option)
+    ours = UnigenScheduler.from_config(ref.config, solver="Euler")
+    sigmas = torch.linspace(1.0, 0.2, 5).tolist()
+    ref.set_timesteps(sigmas=sigmas)
+    ours.set_timesteps(sigmas=sigmas)
+    torch.testing.assert_close(ours.timesteps.to(F64), ref.timesteps.to(F64), rtol=1e-5, atol=1e-3)
+
+
+def test_beta_table_user_sigmas_end_at_their_last_level():
+    """As diffusers' Euler: len(sigmas) - 1 calls, the last level is where sampling ends."""
+    ref = D.EulerDiscreteScheduler()
+    ours = UnigenScheduler.from_config(ref.config, solver=ug.Euler(clock="sigma"))
+    levels = [14.6, 8.0, 4.0, 2.0, 1.0, 0.5, 0.1]
+    ref.set_timesteps(sigmas=levels)
+    ours.set_timesteps(sigmas=levels)
+    torch.testing.assert_close(ours.timesteps.to(F64), ref.timesteps.to(F64), rtol=1e-4, atol=1e-3)
+    torch.testing.assert_close(float(ours.process.ve_sigma(ours._times[-1:])), 0.1)
+    ours.set_timesteps(timesteps=[999, 850, 24])
+    assert ours.timesteps.tolist() == [999, 850, 24] and ours.timesteps.dtype == torch.int64
+
+
+def test_learned_variance_output_uses_its_prediction_half():
+    cfg = D.DDPMScheduler(variance_type="learned_range", clip_sample=False).config
+    with P.float32_defaults():
+        unet = P.unet2d(D, out_channels=6)
+    pipe = D.DDPMPipeline(unet=unet, scheduler=UnigenScheduler.from_config(cfg, solver="DPMSolverPP"))
+    pipe.set_progress_bar_config(disable=True)
+    images = P.run("ddpm", pipe, 4)
+    assert np.isfinite(images).all()
+    pipe.scheduler = UnigenScheduler.from_config(D.DDPMScheduler(clip_sample=False).config, solver="DPMSolverPP")
+    with pytest.raises(ValueError, match="learned-variance output needs variance_type"):
+        P.run("ddpm", pipe, 4)
+
+
+def test_abandoned_runs_stop_their_threads():
+    import gc
+    import threading
+
+    before = threading.active_count()
+    for _ in range(4):
+        sch = UnigenScheduler.from_config(D.DDIMScheduler().config, solver="UniPC")
+        sch.set_timesteps(5)
+        x = torch.randn(2, 3)
+        sch.step(torch.zeros(2, 3), sch.timesteps[0], x)  # one call, then dropped mid-run
+        del sch
+    gc.collect()
+    assert threading.active_count() <= before
+
+
+def test_nested_solver_options_round_trip(tmp_path):
+    solver = ug.PredictorCorrector("DDIM", corrector=ug.Langevin())
+    sch = UnigenScheduler(solver=solver)
+    sch.save_pretrained(tmp_path)
+    back = UnigenScheduler.from_pretrained(tmp_path)
+    assert repr(back.solver) == repr(solver)
+    assert repr(UnigenScheduler(solver=ug.PredictorCorrector(ug.UniPC)).solver) == repr(ug.PredictorCorrector(ug.UniPC()))

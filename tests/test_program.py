@@ -279,3 +279,20 @@ def test_register_parametrization_checks_its_row():
     with pytest.raises(ValueError, match="must map c"):
         register_parametrization("velocity_in_ve", lambda c: (c.d_alpha, c.d_sigma), inputs="ve")
     assert "not_a_pair" not in ug.PARAMETRIZATIONS and "v_in_ve" not in ug.PARAMETRIZATIONS
+
+
+def test_solver_arguments_are_recorded_without_hashing_the_solver():
+    """Solver.arguments() (what a scheduler config stores) needs no hash of the solver: subclasses
+    that define __eq__ (so are unhashable) or are dataclasses construct and report their arguments."""
+    class Scaled(ug.DDIM):
+        def __init__(self, eta=0.0, gain=1.0):
+            super().__init__(eta=eta)
+            self.gain = gain
+
+        def __eq__(self, other):
+            return type(other) is type(self) and other.gain == self.gain
+
+    s = Scaled(gain=2.0)
+    assert s.arguments() == {"eta": 0.0, "gain": 2.0}
+    assert ug.UniPC(3, lower_order_final="always").arguments()["order"] == 3  # the argument, not the attribute (4)
+    assert type(s)(**s.arguments()) == s

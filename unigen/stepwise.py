@@ -17,14 +17,15 @@ rule:
 The loop runs on a worker thread that waits while the caller evaluates the network; only
 one of the two threads works at any time, so results are those of :func:`sample` on the
 same grid, noise and network, call for call. The worker inherits the caller's grad and
-inference modes. A run that is abandoned is stopped by :meth:`close` (or when the object is
-garbage collected).
+inference modes. A run that is abandoned is stopped by :meth:`close`, or when the object is
+garbage collected (the worker holds only the run's parts, never the object itself).
 """
 
 from __future__ import annotations
 
 import queue
 import threading
+import weakref
 
 import torch
 from torch import Tensor
@@ -35,11 +36,50 @@ from .process import Process
 from .sample import integrate, prepared_grid
 from .solvers.base import Dynamics, Noise, Solver, get_solver
 
-__all__ = ["SteppedSampling", "call_times", "check_fixed_grid"]
+__all__ = ["SteppedSampling", "call_plan", "call_times", "check_fixed_grid"]
 
 
 class _Stop(BaseException):
     """Raised inside the worker to unwind an abandoned run (not an Exception: never caught)."""
+
+
+def _network(inbox: queue.SimpleQueue, outbox: queue.SimpleQueue):
+    """The network as the worker's loop sees it: each call is a request to the caller."""
+
+    def network(point: Tensor, t: Tensor, **_) -> Tensor:
+        outbox.put(("call", point, t))
+        message = inbox.get()
+        if message is _Stop:
+            raise _Stop
+        out, moved = message
+        if moved is not None:  # the caller evaluated the network elsewhere: that is the point now
+            point.copy_(moved)
+        return out
+
+    return network
+
+
+def _work(solver, dyn, z, grid, noise, outbox, modes) -> None:
+    """The worker thread: ``integrate`` (references the run's parts, never the SteppedSampling
+    object, so an abandoned run is collected and its finalizer stops this thread)."""
+    grad, inference = modes
+    # the solver's arithmetic is elementwise: one thread, so that this thread's OpenMP team does not
+    # spin on the cores the caller's network runs on (set per thread; the caller keeps its own setting)
+    torch.set_num_threads(1)
+    try:
+        with torch.inference_mode(inference), torch.set_grad_enabled(grad):
+            z = integrate(solver, dyn, z, grid, noise)
+        outbox.put(("done", z, None))
+    except _Stop:
+        pass
+    except BaseException as e:  # noqa: BLE001 - handed to the caller's thread and raised there
+        outbox.put(("error", e, None))
+
+
+def _stop(inbox: queue.SimpleQueue, thread: threading.Thread) -> None:
+    if thread.is_alive():
+        inbox.put(_Stop)
+        thread.join()
 
 
 class SteppedSampling:
@@ -69,7 +109,7 @@ class SteppedSampling:
         work = compute_dtype(z.dtype if data_dtype is None else data_dtype)
         self._inbox: queue.SimpleQueue = queue.SimpleQueue()  # network outputs (or the stop signal) for the worker
         self._outbox: queue.SimpleQueue = queue.SimpleQueue()  # the worker's requests and its end
-        self.model = Model(self._network, process, parametrization)
+        self.model = Model(_network(self._inbox, self._outbox), process, parametrization)
         self.grid = prepared_grid(self.model, solver, ts, work, z.device)
         self._dyn = Dynamics(self.model, work)
         self._noise = Noise(generator)
@@ -78,8 +118,11 @@ class SteppedSampling:
         self.done = False
         z = z.detach().to(work, copy=True)
         modes = (torch.is_grad_enabled(), torch.is_inference_mode_enabled())
-        self._thread = threading.Thread(target=self._work, args=(z, modes), daemon=True, name="unigen-stepped-sampling")
+        self._thread = threading.Thread(target=_work, args=(solver, self._dyn, z, self.grid, self._noise, self._outbox, modes),
+                                        daemon=True, name="unigen-stepped-sampling")
         self._thread.start()
+        # an abandoned run (dropped unfinished, e.g. after the network raised) stops its worker
+        self._finalizer = weakref.finalize(self, _stop, self._inbox, self._thread)
         self._receive()
 
     @property
@@ -93,31 +136,6 @@ class SteppedSampling:
     @generator.setter
     def generator(self, value):
         self._noise.generator = value
-
-    # -- the worker ------------------------------------------------------------------------
-    def _network(self, point: Tensor, t: Tensor, **_) -> Tensor:
-        self._outbox.put(("call", point, t))
-        message = self._inbox.get()
-        if message is _Stop:
-            raise _Stop
-        out, moved = message
-        if moved is not None:  # the caller evaluated the network elsewhere: that is the point now
-            point.copy_(moved)
-        return out
-
-    def _work(self, z: Tensor, modes) -> None:
-        grad, inference = modes
-        # the solver's arithmetic is elementwise: one thread, so that this thread's OpenMP team does not
-        # spin on the cores the caller's network runs on (set per thread; the caller keeps its own setting)
-        torch.set_num_threads(1)
-        try:
-            with torch.inference_mode(inference), torch.set_grad_enabled(grad):
-                z = integrate(self.solver, self._dyn, z, self.grid, self._noise)
-            self._outbox.put(("done", z, None))
-        except _Stop:
-            pass
-        except BaseException as e:  # noqa: BLE001 - handed to the caller's thread and raised there
-            self._outbox.put(("error", e, None))
 
     # -- the caller's side -----------------------------------------------------------------
     def _receive(self) -> None:
@@ -143,7 +161,7 @@ class SteppedSampling:
             raise RuntimeError("this sampling run has ended; start a new one")
         if not isinstance(output, Tensor):
             raise TypeError(f"the network output must be a tensor, got {type(output).__name__}")
-        if point is not None and (point.shape != self.point.shape or point.dtype != self.point.dtype):  # noqa: SIM102
+        if point is not None and (point.shape != self.point.shape or point.dtype != self.point.dtype):
             raise ValueError(f"the point must keep the requested point's shape {tuple(self.point.shape)} and dtype "
                              f"{self.point.dtype}, got {tuple(point.shape)} and {point.dtype}")
         self._inbox.put((output.to(self.point.dtype), point))
@@ -151,16 +169,8 @@ class SteppedSampling:
 
     def close(self) -> None:
         """Stop an unfinished run (its worker unwinds and exits)."""
-        if not self.done and self._thread.is_alive():
-            self._inbox.put(_Stop)
-            self._thread.join()
+        self._finalizer()
         self.done, self.point, self.t = True, None, None
-
-    def __del__(self):
-        try:
-            self.close()
-        except Exception:  # noqa: BLE001 - interpreter shutdown
-            pass
 
 
 def check_fixed_grid(solver) -> Solver:
@@ -174,11 +184,18 @@ def check_fixed_grid(solver) -> Solver:
 
 
 def call_times(process: Process, parametrization: str, solver, ts: Tensor, data_dtype=torch.float32) -> list[float]:
-    """The times at which ``solver`` on the grid ``ts`` calls the network, in order: the loop
-    run once on a one-element state against a network that returns zeros (fixed-grid solvers
-    call at times that do not depend on the values)."""
+    """The times at which ``solver`` on the grid ``ts`` calls the network, in order (see :func:`call_plan`)."""
+    return call_plan(process, parametrization, solver, ts, data_dtype)[0]
+
+
+def call_plan(process: Process, parametrization: str, solver, ts: Tensor, data_dtype=torch.float32):
+    """(times, starts): the times at which ``solver`` on the grid ``ts`` calls the network, in
+    order, and for each grid step the index of its first call. The loop is run once on a
+    one-element state against a network that returns zeros (fixed-grid solvers call at times
+    that do not depend on the values)."""
     solver = check_fixed_grid(solver)
     times: list[float] = []
+    starts: list[int] = [0]
 
     def zeros(z, t, **_):
         times.append(float(t))
@@ -189,5 +206,5 @@ def call_times(process: Process, parametrization: str, solver, ts: Tensor, data_
     grid = prepared_grid(model, solver, ts, data_dtype, z.device)
     with torch.no_grad():
         integrate(solver, Dynamics(model, data_dtype), z.to(compute_dtype(data_dtype)), grid,
-                  Noise(torch.Generator().manual_seed(0)))
-    return times
+                  Noise(torch.Generator().manual_seed(0)), on_step=lambda i, z: starts.append(len(times)))
+    return times, starts[:-1]

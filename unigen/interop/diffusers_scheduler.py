@@ -24,9 +24,10 @@ The grid (which times the solver visits) is, in order of precedence:
 
 * ``set_timesteps(timesteps=...)``: the network timesteps, used exactly (for flow
   matching sigma = timestep / num_train_timesteps, not shifted again);
-* ``set_timesteps(sigmas=...)``: VE levels sigma/alpha for beta tables; for flow matching the
-  unshifted sigmas, shifted once by ``shift`` (or by ``mu`` with dynamic shifting), as the
-  SD3 and Flux pipelines pass them;
+* ``set_timesteps(sigmas=...)``: for beta tables the VE levels sigma/alpha visited, the last
+  one where sampling ends (as diffusers' Euler); for flow matching the unshifted sigmas, one
+  call each, shifted once by ``shift`` (or by ``mu`` with dynamic shifting) and with the source
+  FlowMatch scheduler's sigma options applied, as the SD3 and Flux pipelines pass them;
 * the config's ``schedule`` as a list of times of the process (VP.discrete's t, or the
   flow-matching time sigma), used exactly: e.g. a grid optimised for the pipeline's network by
   :func:`unigen.calibration.optimize_schedule` on :func:`~unigen.interop.diffusers_model`;
@@ -40,6 +41,15 @@ The grid (which times the solver visits) is, in order of precedence:
 
 Each grid ends at the clean point (sigma = 0), where the last step lands on x0 without a
 network call, as diffusers' schedulers do.
+
+Beyond text-to-image: img2img pipelines slice the timesteps and call ``set_begin_index`` (or
+just start stepping at a later timestep); the run then starts at that call, which must begin a
+solver step, from the latents they pass (``add_noise`` / ``scale_noise``). A learned-variance
+network (``variance_type`` "learned" / "learned_range") has its variance channels dropped.
+Wan-style configs of beta-table schedulers for flow-matching networks (``use_flow_sigmas``,
+``prediction_type="flow_prediction"``, ``flow_shift``) are read as flow matching. Source
+options that change the sampler itself (FlowMatch ``invert_sigmas``, ``stochastic_sampling``)
+are refused rather than ignored.
 
 This module imports diffusers (the scheduler is a diffusers ``SchedulerMixin`` /
 ``ConfigMixin``, so ``save_pretrained``, ``from_pretrained``, ``from_config`` and pipeline
@@ -68,7 +78,7 @@ from ..model import Model
 from ..schedules import check_grid, get_schedule, sample_range
 from ..solvers import REGISTRY, Solver, get_solver
 from ..solvers.executor import conversion
-from ..stepwise import SteppedSampling, call_times
+from ..stepwise import SteppedSampling, call_plan, call_times
 from .diffusers import ShiftedFlowMatching, diffusers_grid, from_diffusers
 
 __all__ = ["UnigenScheduler", "UnigenSchedulerOutput", "build_solver", "solver_arguments", "source_class_name"]
@@ -104,9 +114,13 @@ def solver_arguments(solver: Solver) -> dict:
     }
     out = {}
     for name, value in solver.arguments().items():
+        if isinstance(value, type) and issubclass(value, Solver):
+            value = value()
         if isinstance(value, Solver):
             default = defaults.get(name)
-            if default is None or get_solver(default).cache_key() != value.cache_key():
+            same = (isinstance(default, Solver) or (isinstance(default, str) and default in REGISTRY)) and \
+                repr(get_solver(default)) == repr(value)
+            if not same:
                 out[name] = {"solver": type(value).__name__, "solver_options": solver_arguments(value)}
             continue
         if name in defaults and defaults[name] == value and type(defaults[name]) is type(value):
@@ -149,6 +163,8 @@ def source_class_name(config: dict) -> str:
     for candidate in COMPATIBLES:
         cls = getattr(diffusers, candidate, None)
         params = set(inspect.signature(cls.__init__).parameters) - {"self"} if isinstance(cls, type) else None
+        if params == keys:
+            return candidate
         # every argument of the class is in the config (a config keeps the keys it was given and
         # its class does not take, too): the class with the most arguments is the most specific
         if params and params <= keys and len(params) > size:
@@ -163,8 +179,22 @@ def _grid_source(config: dict | None, flow_matching: bool):
     if not isinstance(cls, type) or not issubclass(cls, SchedulerMixin):
         return None
     if flow_matching:
-        return cls if "FlowMatch" in cls.__name__ else None
+        return cls if "FlowMatch" in cls.__name__ or flow_sigmas(config) else None
     return cls if "beta_schedule" in inspect.signature(cls.__init__).parameters else None
+
+
+def flow_sigmas(config: dict) -> bool:
+    """A beta-table scheduler configured for a flow-matching network (Wan-style UniPC / DPM-Solver
+    configs: ``use_flow_sigmas`` or ``prediction_type="flow_prediction"``)."""
+    return bool(config.get("use_flow_sigmas")) or config.get("prediction_type") == "flow_prediction"
+
+
+# source-scheduler options that change the sampler itself (not only its grid); unigen refuses
+# them rather than ignore them
+_REFUSED_OPTIONS = {
+    "invert_sigmas": "inverts the noise direction (sigma -> 1 - sigma)",
+    "stochastic_sampling": "re-noises each step (a different sampler; pick a stochastic unigen solver instead)",
+}
 
 
 class UnigenScheduler(SchedulerMixin, ConfigMixin):
@@ -247,6 +277,9 @@ class UnigenScheduler(SchedulerMixin, ConfigMixin):
                 "rescale_betas_zero_snr": rescale_betas_zero_snr,
             })
         self.process, self.parametrization = spec.process, spec.parametrization
+        for key, why in _REFUSED_OPTIONS.items():
+            if (source_config or {}).get(key):
+                raise ValueError(f"the source config sets {key}=True, which {why}; unigen does not run that sampler")
         if isinstance(schedule, (list, tuple)):  # given times: checked now, used exactly
             check_grid(torch.tensor([float(v) for v in schedule], dtype=_F64), self.process)
         self.order = int(self.solver.nfe_per_step)
@@ -254,8 +287,10 @@ class UnigenScheduler(SchedulerMixin, ConfigMixin):
         self.num_inference_steps = None
         self.timesteps = None
         self._times = None  # the grid (float64 process times)
-        self._calls: list = []  # (time, (cz, co) of x0 = cz z + co output) per network call
+        self._calls: list = []  # (time, (cz, co) of x0 = cz z + co output, starts a step) per network call
         self._run: SteppedSampling | None = None
+        self._begin_index: int | None = None
+        self._taus: list[float] = []  # the network timestep of each call, on the host
         self._plans = LRUCache(8)
         self._returned: Tensor | None = None
         self._step_index = 0
@@ -275,7 +310,12 @@ class UnigenScheduler(SchedulerMixin, ConfigMixin):
             if name:
                 source["_class_name"] = name
             kwargs.setdefault("source_config", source)
-            kwargs.setdefault("flow_matching", "FlowMatch" in name or ("shift" in cfg and "beta_schedule" not in cfg))
+            flow = "FlowMatch" in name or ("shift" in cfg and "beta_schedule" not in cfg) or flow_sigmas(cfg)
+            kwargs.setdefault("flow_matching", flow)
+            if flow_sigmas(cfg) and "shift" not in kwargs:
+                kwargs["shift"] = float(cfg.get("flow_shift", 1.0))
+            if flow and cfg.get("prediction_type") == "flow_prediction":
+                cfg.pop("prediction_type")  # the flow-matching network's own output, not a DDPM prediction type
             cfg.pop("_use_default_values", None)
         return super().from_config(cfg, return_unused_kwargs=return_unused_kwargs, **kwargs)
 
@@ -289,7 +329,7 @@ class UnigenScheduler(SchedulerMixin, ConfigMixin):
         :attr:`timesteps` (on ``device``). Ends any unfinished run."""
         if self._run is not None:
             self._run.close()
-        self._run, self._returned, self._step_index = None, None, 0
+        self._run, self._returned, self._step_index, self._begin_index = None, None, 0, None
         self.init_noise_sigma = 1.0
         given = [v for v in (timesteps, sigmas) if v is not None]
         if len(given) > 1:
@@ -302,15 +342,19 @@ class UnigenScheduler(SchedulerMixin, ConfigMixin):
         elif not given:
             if isinstance(num_inference_steps, bool) or not isinstance(num_inference_steps, int) or num_inference_steps < 1:
                 raise ValueError(f"num_inference_steps must be a positive int, got {num_inference_steps!r}")
-        elif num_inference_steps is not None and num_inference_steps != len(given[0]):
-            raise ValueError(f"num_inference_steps={num_inference_steps} disagrees with {len(given[0])} given timesteps/sigmas")
+        else:
+            # beta-table sigmas end at their last level (no call there); everything else is one per call
+            calls = len(given[0]) - (1 if sigmas is not None and not self.config.flow_matching else 0)
+            if num_inference_steps is not None and num_inference_steps != calls:
+                raise ValueError(f"num_inference_steps={num_inference_steps} disagrees with the {calls} network calls of the "
+                                 f"given {'sigmas' if sigmas is not None else 'timesteps'}")
         as_key = lambda v: None if v is None else tuple(float(x) for x in torch.as_tensor(v).reshape(-1).tolist())  # noqa: E731
         key = (None if times is not None else num_inference_steps, as_key(timesteps), as_key(sigmas), mu)
         # the grid, its calls and their timesteps: built once per setting (a pipeline calls
         # set_timesteps on every run; building needs the source scheduler and a dry run)
         ts, self._calls, taus, self.init_noise_sigma = self._plans.get(
             key, lambda: self._plan(times, num_inference_steps, timesteps, sigmas, mu))
-        self._times = ts
+        self._times, self._taus = ts, taus
         self.num_inference_steps = ts.numel() - 1
         self.timesteps = torch.tensor(taus, dtype=torch.float32, device=device)
         if not self.config.flow_matching and all(float(v).is_integer() for v in taus):
@@ -326,9 +370,9 @@ class UnigenScheduler(SchedulerMixin, ConfigMixin):
         else:
             ts, node_steps = self._table_grid(steps, timesteps, sigmas)
         ts = check_grid(ts, self.process)
-        calls = call_times(self.process, self.parametrization, self.solver, ts)
+        calls, starts = call_plan(self.process, self.parametrization, self.solver, ts)
         taus = [self._network_timestep(t, node_steps) for t in calls]
-        return ts, [(t, self._x0_coefficients(t)) for t in calls], taus, self.init_noise_sigma
+        return ts, [(t, self._x0_coefficients(t), i in starts) for i, t in enumerate(calls)], taus, self.init_noise_sigma
 
     def _x0_coefficients(self, t: float):
         """(cz, co) with x0 = cz z + co output at time t (None where the output does not determine x0)."""
@@ -353,14 +397,20 @@ class UnigenScheduler(SchedulerMixin, ConfigMixin):
             raise RuntimeError("call set_timesteps(num_inference_steps) before step()")
         if not isinstance(model_output, Tensor) or not isinstance(sample, Tensor):
             raise TypeError("model_output and sample must be tensors")
+        model_output = self._own_output(model_output, sample)
+        if self._run is None and self._begin_index is None:
+            # like diffusers: a run that starts at a later timestep (img2img slices the list)
+            # begins there (one read of the timestep per run)
+            self._step_index = self._index_for_timestep(timestep)
         k = self._step_index
         if k >= len(self._calls):
             raise RuntimeError(f"all {len(self._calls)} calls of this grid are done; call set_timesteps again to start a new run")
-        self._check_timestep(timestep, k)
+        if self._run is not None:
+            self._check_timestep(timestep, k)
         moved = None
         if self._run is None:
-            self._run = SteppedSampling(self.process, self.parametrization, self.solver, self._times, sample,
-                                        generator=generator)
+            self._run = SteppedSampling(self.process, self.parametrization, self.solver, self._times[self._start_step(k):],
+                                        sample, generator=generator)
         else:
             moved = self._moved(sample)
             self._run.generator = generator
@@ -414,8 +464,59 @@ class UnigenScheduler(SchedulerMixin, ConfigMixin):
 
     @property
     def step_index(self) -> int:
-        """Network calls made in the current run."""
+        """The index (into :attr:`timesteps`) of the next network call."""
         return self._step_index
+
+    @property
+    def begin_index(self) -> int | None:
+        """The call the run starts at (:meth:`set_begin_index`), or None."""
+        return self._begin_index
+
+    def set_begin_index(self, begin_index: int = 0) -> None:
+        """Start the next run at call ``begin_index`` of :attr:`timesteps` (img2img pipelines: the
+        latents they pass are the noised image at that timestep). It must be the first call of a
+        solver step; the solver starts there afresh, as diffusers' multistep schedulers do."""
+        if isinstance(begin_index, bool) or not isinstance(begin_index, int) or not 0 <= begin_index < len(self._calls):
+            raise ValueError(f"begin_index must be a call index in [0, {len(self._calls)}), got {begin_index!r}")
+        self._start_step(begin_index)
+        self._begin_index = self._step_index = begin_index
+
+    def scale_noise(self, sample: Tensor, timestep, noise: Tensor) -> Tensor:
+        """Flow-matching pipelines' name for :meth:`add_noise` (argument order of diffusers'
+        FlowMatch schedulers): (1 - sigma) x + sigma noise at the network timestep."""
+        return self.add_noise(sample, noise, timestep)
+
+    def _start_step(self, k: int) -> int:
+        """The grid step that call k starts; a ValueError unless k is a step's first call and the
+        solver, started there afresh, makes the calls listed from k on."""
+        if k == 0:
+            return 0
+        t = self._calls[k][0]
+        # call times are recorded in the loop's float32 (for float32 data): compare to that precision
+        close = lambda a, b: abs(a - b) <= 1e-6 * max(1.0, abs(b))  # noqa: E731
+        steps = [i for i, s in enumerate(self._times[:-1].tolist()) if close(s, t)]
+        ok = bool(self._calls[k][2] and steps)
+        if ok:
+            rest = call_times(self.process, self.parametrization, self.solver, self._times[steps[0]:])
+            listed = [c[0] for c in self._calls[k:]]
+            ok = len(rest) == len(listed) and all(close(a, b) for a, b in zip(rest, listed))
+        if not ok:
+            raise ValueError(
+                f"a run cannot start at call {k} (timestep {self._taus[k]:g}): it is not the first call of a "
+                f"step of {type(self.solver).__name__} on this grid"
+            )
+        return steps[0]
+
+    def _index_for_timestep(self, timestep) -> int:
+        """The first call listed at ``timestep`` (0 if it is not listed: _check_timestep names it)."""
+        if isinstance(timestep, Tensor):
+            timestep = timestep.reshape(-1)[0] if timestep.numel() else float("nan")
+        got = float(timestep)
+        for k, want in enumerate(self._taus):
+            if abs(got - want) <= 1e-3 * max(1.0, abs(want)):
+                return k
+        self._check_timestep(got, 0)
+        return 0
 
     def __len__(self):
         return self.config.num_train_timesteps
@@ -437,10 +538,15 @@ class UnigenScheduler(SchedulerMixin, ConfigMixin):
         if timesteps is not None:
             taus = torch.as_tensor(timesteps, dtype=_F64).reshape(-1).cpu()
             ts = process.t_from_timestep(taus)
-            return torch.cat([ts, end if float(end[0]) < float(ts[-1]) else ts.new_zeros(1)]), None
+            ts = torch.cat([ts, end if float(end[0]) < float(ts[-1]) else ts.new_zeros(1)])
+            return ts, dict(zip(ts[:-1].tolist(), taus.tolist()))  # the given timesteps are what the network sees
         if sigmas is not None:
+            # as diffusers' Euler: the levels visited, the last one the end (0: the clean point)
             sig = torch.as_tensor(sigmas, dtype=_F64).reshape(-1).cpu()
-            return self._from_levels(sig), None
+            if sig.numel() < 2:
+                raise ValueError(f"sigmas must hold at least 2 levels (the last is where sampling ends), got {sig.tolist()}")
+            ts = self._from_levels(sig)
+            return (ts if float(sig[-1]) == 0.0 else ts[:-1]), None
         if self.config.schedule is not None:
             return self._named(process, self.config.schedule, steps), None
         source = _grid_source(self.config.source_config, False)
@@ -470,8 +576,13 @@ class UnigenScheduler(SchedulerMixin, ConfigMixin):
         s.set_timesteps(steps)
         taus = torch.unique_consecutive(s.timesteps.to(_F64).cpu())
         sig = getattr(s, "sigmas", None)
-        if sig is not None and taus.numel() < torch.unique_consecutive(sig).numel() - 1:
-            raise ValueError(f"{source.__name__}'s grid has fewer timesteps than sigmas; pass timesteps= or sigmas= instead")
+        if sig is not None:
+            levels = torch.unique_consecutive(sig.to(_F64).cpu())
+            positive = levels[levels > 0]
+            if taus.numel() != positive.numel():
+                # the timesteps interleave the steps with their midpoints (KDPM2, DPMSolverSDE):
+                # each level's own timestep, by diffusers' log-sigma interpolation of the table
+                taus = self._timestep_of_level(positive)
         # integer timesteps at their own table levels (diffusers' sigmas are float32): the grid
         # nodes are the table's knots exactly; otherwise the levels decide (Karras sigmas, ...)
         on_knots = bool((taus == taus.round()).all())
@@ -498,6 +609,9 @@ class UnigenScheduler(SchedulerMixin, ConfigMixin):
             ts = self._from_levels(levels)
             if float(levels[-1]) != 0.0:  # the source ends at its last level (final_sigmas_type "sigma_min")
                 ts = ts[:-1]
+                if ts.numel() < 2:
+                    raise ValueError(f"{source.__name__} with final_sigmas_type='sigma_min' and one step has no interval to "
+                                     "integrate (its single step is zero-length); use 2 or more steps")
         nodes = dict(zip(ts[: taus.numel()].tolist(), taus.tolist()))
         # the source's starting latents in z units: schedulers that keep the VE state x = z/alpha
         # (Euler, Heun, LMS, ...) start at init_noise_sigma * noise there, i.e. z = that * alpha
@@ -505,6 +619,15 @@ class UnigenScheduler(SchedulerMixin, ConfigMixin):
         if scale != 1.0:
             self.init_noise_sigma = scale * float(self.process.alpha(ts[:1]))
         return ts, nodes
+
+    def _timestep_of_level(self, levels: Tensor) -> Tensor:
+        """diffusers' timestep of VE levels (``_sigma_to_t``): linear in log sigma between table entries."""
+        n = self.config.num_train_timesteps
+        knots = self.process.ve_sigma(self.process.t_from_timestep(torch.arange(n, dtype=_F64))).log()
+        logs = levels.log().clamp(float(knots[0]), float(knots[-1]))
+        hi = torch.searchsorted(knots, logs).clamp(1, n - 1)
+        w = (logs - knots[hi - 1]) / (knots[hi] - knots[hi - 1])
+        return hi - 1 + w
 
     def _shift_factor(self, mu) -> float:
         """diffusers' timestep shift s (sigma -> s sigma / (1 + (s - 1) sigma)): the static
@@ -525,16 +648,25 @@ class UnigenScheduler(SchedulerMixin, ConfigMixin):
 
     def _flow_grid(self, steps, timesteps, sigmas, mu):
         n = float(self.config.num_train_timesteps)
+        source = _grid_source(self.config.source_config, True) if self.config.schedule is None else None
+        nodes = None
         if timesteps is not None:
             sig = torch.as_tensor(timesteps, dtype=_F64).reshape(-1).cpu() / n
+            nodes = dict(zip(sig.tolist(), torch.as_tensor(timesteps, dtype=_F64).reshape(-1).tolist()))
+        elif source is not None and (sigmas is None or "sigmas" in inspect.signature(source.set_timesteps).parameters):
+            # the source scheduler's own grid, its sigma options (Karras, shift_terminal, ...) applied
+            # to user sigmas too: its sigmas are the FM times, its timesteps what the network sees
+            s = self._source_scheduler(source)
+            kw = {"mu": mu} if self.config.use_dynamic_shifting else {}
+            if sigmas is not None:
+                kw["sigmas"] = [float(v) for v in torch.as_tensor(sigmas, dtype=_F64).reshape(-1)]
+            s.set_timesteps(None if sigmas is not None else steps, **kw)
+            levels = torch.unique_consecutive(s.sigmas.to(_F64).cpu())
+            sig = levels[levels > 0]
+            taus = torch.unique_consecutive(s.timesteps.to(_F64).cpu())
+            nodes = dict(zip(sig.tolist(), taus.tolist())) if taus.numel() == sig.numel() else None
         elif sigmas is not None:
             sig = self._shift(torch.as_tensor(sigmas, dtype=_F64).reshape(-1).cpu(), mu)
-        elif self.config.schedule is None and _grid_source(self.config.source_config, True) is not None:
-            # the source FlowMatch scheduler's own grid (its sigmas are the FM times), for parity
-            s = self._source_scheduler(_grid_source(self.config.source_config, True))
-            s.set_timesteps(steps, **({"mu": mu} if self.config.use_dynamic_shifting else {}))
-            sig = torch.unique_consecutive(s.sigmas.to(_F64).cpu())
-            return (sig if float(sig[-1]) == 0.0 else torch.cat([sig, sig.new_zeros(1)])), None
         elif self.config.schedule is not None:
             s = self._shift_factor(mu)
             process = FlowMatching() if s == 1.0 else ShiftedFlowMatching(s)
@@ -544,7 +676,7 @@ class UnigenScheduler(SchedulerMixin, ConfigMixin):
             sig = self._shift(torch.linspace(1.0, 1.0 / steps, steps, dtype=_F64), mu)
         if not bool(torch.isfinite(sig).all()) or bool((sig <= 0).any()) or bool((sig > 1).any()):
             raise ValueError(f"flow-matching sigmas must lie in (0, 1], got {sig.tolist()[:6]}")
-        return torch.cat([sig, torch.zeros(1, dtype=_F64)]), None
+        return torch.cat([sig, torch.zeros(1, dtype=_F64)]), nodes
 
     # -- network timesteps ------------------------------------------------------------------
     def _network_timestep(self, t: float, nodes) -> float:
@@ -572,12 +704,29 @@ class UnigenScheduler(SchedulerMixin, ConfigMixin):
             got = float(timestep)
         except (TypeError, ValueError):
             raise TypeError(f"timestep must be a number or a tensor, got {type(timestep).__name__}") from None
-        want = float(self.timesteps[k])
+        want = self._taus[k]
         if abs(got - want) > 1e-3 * max(1.0, abs(want)):
             raise ValueError(
                 f"step() got timestep {got:g} but call {k} of {len(self._calls)} is at timestep {want:g}: step once per "
                 "entry of scheduler.timesteps, in order, after set_timesteps"
             )
+
+    def _own_output(self, model_output: Tensor, sample: Tensor) -> Tensor:
+        """The prediction part of the network's output: a learned-variance network (config
+        ``variance_type`` "learned" / "learned_range", DeepFloyd IF, improved DDPM) returns the
+        variance channels after it, which unigen's solvers do not use."""
+        if model_output.shape == sample.shape:
+            return model_output
+        variance = (self.config.source_config or {}).get("variance_type")
+        c = sample.shape[1] if sample.ndim > 1 else None
+        if (variance in ("learned", "learned_range") and c is not None and model_output.shape[1] == 2 * c
+                and model_output.shape[2:] == sample.shape[2:] and model_output.shape[0] == sample.shape[0]):
+            return model_output[:, :c]
+        raise ValueError(
+            f"model_output has shape {tuple(model_output.shape)} but sample has {tuple(sample.shape)}; the network must "
+            "predict one value per latent entry (a learned-variance output needs variance_type 'learned' or "
+            "'learned_range' in the config)"
+        )
 
     def _moved(self, sample: Tensor) -> Tensor | None:
         """``sample`` as the point the network was evaluated at, if it is not the latents this

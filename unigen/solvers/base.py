@@ -52,9 +52,10 @@ LOWER_ORDER_FINAL_BELOW = 15
 
 REGISTRY: dict[str, type] = {}
 
-# the constructor arguments of each solver instance (Solver.arguments), kept beside the instance
-# so that its attributes, repr and cache key stay what the solver itself sets
-_ARGUMENTS: "weakref.WeakKeyDictionary[Solver, dict]" = weakref.WeakKeyDictionary()
+# the constructor arguments of each solver instance (Solver.arguments), by id and dropped when
+# the instance is collected: kept beside the instance so that its attributes, repr and cache key
+# stay what the solver itself sets, and keyed by identity so that solvers need not be hashable
+_ARGUMENTS: dict = {}
 
 
 def _recording(init):
@@ -63,10 +64,16 @@ def _recording(init):
 
     @functools.wraps(init)
     def wrapper(self, *args, **kwargs):
-        if self not in _ARGUMENTS:
+        key = id(self)
+        if key not in _ARGUMENTS:
             bound = signature.bind(self, *args, **kwargs)
             bound.apply_defaults()
-            _ARGUMENTS[self] = {k: v for k, v in list(bound.arguments.items())[1:]}
+            try:
+                weakref.finalize(self, _ARGUMENTS.pop, key, None)
+            except TypeError:  # not weak-referenceable (__slots__): nothing recorded
+                pass
+            else:
+                _ARGUMENTS[key] = {k: v for k, v in list(bound.arguments.items())[1:]}
         init(self, *args, **kwargs)
 
     return wrapper
@@ -151,7 +158,7 @@ class Solver:
     def arguments(self) -> dict:
         """The arguments this solver was constructed with (defaults filled in), by name:
         ``type(s)(**s.arguments())`` builds the same configuration."""
-        return dict(_ARGUMENTS.get(self, {}))
+        return dict(_ARGUMENTS.get(id(self), {}))
 
     # -- the interface -------------------------------------------------------------------
     def init(self, dyn: Dynamics, z: Tensor, grid: Grid):
