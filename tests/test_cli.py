@@ -1,3 +1,4 @@
+import functools
 import json
 
 import pytest
@@ -60,10 +61,26 @@ def test_bench_quick_writes_json(tmp_path, capsys):
     assert "| solver |" in capsys.readouterr().out
 
 
-def test_bench_quick_optimized_adds_the_calibrated_solver(tmp_path):
+def test_bench_quick_optimized_adds_the_calibrated_solver(tmp_path, monkeypatch):
+    """The command builds the quick sweep with the calibrated UniPC(3) appended; the sweep itself
+    runs at the one budget compared (10) instead of all six: each budget optimises its own grid
+    (quick: 40 evaluations on 512 calibration draws per problem and budget), and the budget-10
+    records are the same either way (a budget's run does not depend on the others)."""
+    real, seen = cli.report.run, {}
+
+    @functools.wraps(real)  # the same signature: the command passes progress= only when run takes it
+    def at_budget_10(dims, kinds, budgets, n, specs, out, **kw):
+        seen.update(kinds=kinds, budgets=budgets, labels=[s.label for s in specs])
+        return real(dims, kinds, [10], n, specs, out, **kw)
+
+    monkeypatch.setattr(cli.report, "run", at_budget_10)
     out = tmp_path / "bench.json"
     assert main(["bench", "--quick", "--optimized", "--samples", "100", "--out", str(out), "--no-plot"]) == 0
-    recs = [r for r in json.loads(out.read_text())["records"] if r.get("budget") == 10 and r["problem"] == "gmm2-vp"]
+    assert seen["kinds"] == ["vp", "fm"] and 10 in seen["budgets"] and len(seen["budgets"]) > 1
+    assert seen["labels"][-1] == "UniPC(3), optimized" and "UniPC(3)" in seen["labels"]
+    records = json.loads(out.read_text())["records"]
+    assert {r["problem"] for r in records if r["solver"] == "UniPC(3), optimized"} == {"gmm2-vp", "gmm2-fm"}
+    recs = [r for r in records if r.get("budget") == 10 and r["problem"] == "gmm2-vp"]
     rmse = {r["solver"]: r["rmse"] for r in recs}
     assert rmse["UniPC(3), optimized"] <= 1.2 * rmse["UniPC(3)"]  # tuned on other noise; not worse
 

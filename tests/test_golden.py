@@ -14,6 +14,9 @@ entry and requires
 * a second (warm) call on the same model object equal to the first (plan / grid caches),
 * the record to cover exactly the configurations ``helpers.SOLVERS`` knows.
 
+One recorded run is not rerun: Adaptive's second ~16 s solve on the DDPM table, the same check
+as its first (``SLOW_NOT_RERUN``).
+
 Regenerate (only when a change of behaviour is intended and explained in the commit):
 
     python tests/test_golden.py --regenerate
@@ -285,8 +288,9 @@ def test_record_covers_every_configuration_of_the_suite():
     assert not recorded - current, f"golden entries the suite no longer enumerates: {sorted(recorded - current)}"
 
 
-# Adaptive (dopri5) on a DDPM table stops at every kink of the table: ~6,000 NFE and ~24 s per
-# run. Those runs are checked once (no warm call) in a test of their own, marked slow.
+# Adaptive (dopri5) on a DDPM table stops at every kink of the table: ~6,000 NFE and ~16 s per
+# run. Those runs are checked once (no warm call) in a test of their own, marked slow (one of the
+# two: SLOW_NOT_RERUN below).
 SLOW = {("Adaptive", "vp_discrete_zsnr-v")}
 
 
@@ -315,7 +319,15 @@ def test_solver_reproduces_golden_record(key):
     _check(key, [r for r in runs() if not _is_slow(key, r[1])], warm=True)
 
 
-SLOW_CASES = [(k, r) for k in ENTRIES for r in runs() if _is_slow(k, r[1])]
+# Adaptive's two runs on this table are the same check twice (~16 s each): both start on a knot,
+# end at t = 0 and stop at each knot on the way (6006 and 6403 NFE; Adaptive ignores the step
+# count). trailing-7 is the one rerun: it starts at t = 1, alpha = 0 (the zero-terminal-SNR start)
+# and crosses every knot; leading-12 starts at the knot t = 0.914 and crosses a subset of them,
+# and a start inside the range is what Adaptive also does in the warm-checked
+# fm-velocity/karras-12,t_start=0.95 run. leading-12 stays in the record (--regenerate writes it).
+SLOW_NOT_RERUN = {("Adaptive", "vp_discrete_zsnr-v/leading-12")}
+SLOW_CASES = [(k, r) for k in ENTRIES for r in runs()
+              if _is_slow(k, r[1]) and (RECORD["entries"][k]["build"]["cls"], r[0]) not in SLOW_NOT_RERUN]
 
 
 @pytest.mark.slow
