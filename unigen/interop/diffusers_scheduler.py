@@ -576,23 +576,20 @@ class UnigenScheduler(SchedulerMixin, ConfigMixin):
         s.set_timesteps(steps)
         taus = torch.unique_consecutive(s.timesteps.to(_F64).cpu())
         sig = getattr(s, "sigmas", None)
-        if sig is not None:
-            levels = torch.unique_consecutive(sig.to(_F64).cpu())
-            positive = levels[levels > 0]
-            if taus.numel() != positive.numel():
-                # the timesteps interleave the steps with their midpoints (KDPM2, DPMSolverSDE):
-                # each level's own timestep, by diffusers' log-sigma interpolation of the table
-                taus = self._timestep_of_level(positive)
+        levels = None if sig is None else torch.unique_consecutive(sig.to(_F64).cpu())
+        if levels is not None and taus.numel() != int((levels > 0).sum()):
+            # the timesteps interleave the steps with their midpoints (KDPM2, DPMSolverSDE):
+            # each level's own timestep, by diffusers' log-sigma interpolation of the table
+            taus = self._timestep_of_level(levels[levels > 0])
         # integer timesteps at their own table levels (diffusers' sigmas are float32): the grid
         # nodes are the table's knots exactly; otherwise the levels decide (Karras sigmas, ...)
         on_knots = bool((taus == taus.round()).all())
-        if on_knots and sig is not None:
-            levels = torch.unique_consecutive(sig.to(_F64).cpu())[: taus.numel()]
+        if on_knots and levels is not None:
             at_knots = self.process.ve_sigma(self.process.t_from_timestep(taus))
-            on_knots = bool(((levels - at_knots).abs() <= 1e-5 * at_knots).all())
-        if on_knots or sig is None:
+            on_knots = bool(((levels[: taus.numel()] - at_knots).abs() <= 1e-5 * at_knots).all())
+        if on_knots or levels is None:
             ts = self.process.t_from_timestep(taus)
-            last = None if sig is None else float(sig[-1])
+            last = None if levels is None else float(levels[-1])
             if last is None:
                 end = 0.0 if s.config.get("set_alpha_to_one", True) else float(self.process.t_from_timestep(torch.zeros(1)))
             else:
@@ -605,7 +602,6 @@ class UnigenScheduler(SchedulerMixin, ConfigMixin):
                 )
             ts = torch.cat([ts, torch.tensor([end], dtype=_F64)])
         else:
-            levels = torch.unique_consecutive(sig.to(_F64).cpu())
             ts = self._from_levels(levels)
             if float(levels[-1]) != 0.0:  # the source ends at its last level (final_sigmas_type "sigma_min")
                 ts = ts[:-1]
