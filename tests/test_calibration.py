@@ -8,8 +8,8 @@ import torch
 
 import unigen as ug
 from unigen.calibration import (
-    _along,
-    _positions,
+    along_grid,
+    grid_positions,
     nelder_mead,
     optimize_schedule,
     optimized_grid,
@@ -42,10 +42,10 @@ def test_zero_logits_are_the_default_grid_and_any_logits_give_a_valid_grid(kind)
     for steps in (1, 3, 10):
         per = -(-4096 // steps)
         dense = make_grid(process, base, per * steps)
-        grid = _along(dense, _positions(torch.zeros(steps, dtype=torch.float64)))
+        grid = along_grid(dense, grid_positions(torch.zeros(steps, dtype=torch.float64)))
         torch.testing.assert_close(grid, make_grid(process, base, steps), rtol=1e-12, atol=1e-12)
         theta = torch.randn(steps, generator=torch.Generator().manual_seed(steps), dtype=torch.float64) * 3
-        g = _along(dense, _positions(theta))
+        g = along_grid(dense, grid_positions(theta))
         assert (g[1:] < g[:-1]).all() and float(g[0]) == float(dense[0]) and abs(float(g[-1]) - float(dense[-1])) < 1e-12
 
 

@@ -3,7 +3,7 @@
 __version__ = "0.1.0"  # first: unigen.cli and unigen.bench.report import it
 
 # every module imports what it needs at its own top, so the order here is only alphabetical
-from . import analytic, calibration, ebm, flows, likelihood, losses, solvers, train, vae
+from . import analytic, calibration, ebm, flows, likelihood, losses, solvers, train, tuning, vae
 from ._utils import IncompatibleSolverError, SingularConversionError
 from .analytic import GaussianMixture
 from .calibration import optimize_schedule
@@ -18,6 +18,8 @@ from .process import EDM, VE, VP, Affine, Cosine, FlowMatching, Process, SubVP, 
 from .sample import SampleInfo, sample
 from .schedules import SCHEDULES, make_grid
 from .solvers import *  # noqa: F401,F403  (every registered solver: ug.DDIM, ug.DPMSolverPP, ...)
+from .solvers.tuned import register_tuned
+from .tuning import gits_grid, ld3_grid, tune_solver
 from .vae import VAE
 
 
@@ -52,6 +54,11 @@ __all__ = [
     "make_grid",
     "calibration",
     "optimize_schedule",
+    "tuning",
+    "tune_solver",
+    "gits_grid",
+    "ld3_grid",
+    "register_tuned",
     "compiled_sampler",
     "log_likelihood",
     "bits_per_dim",

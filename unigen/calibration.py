@@ -35,7 +35,8 @@ from .sample import sample
 from .schedules import Schedule, check_grid, default_schedule, make_grid, register_schedule
 from .solvers import get_solver
 
-__all__ = ["CalibrationResult", "nelder_mead", "optimize_schedule", "optimized_grid", "Optimized"]
+__all__ = ["CalibrationResult", "nelder_mead", "optimize_schedule", "optimized_grid", "Optimized", "grid_positions",
+           "along_grid", "calibration_noise"]
 
 _DENSE = 4096  # about this many intervals in the dense default grid the positions s are read along
 _CALIBRATION_SEED = 20240601  # the calibration batch of schedule="optimized" (disjoint from user seeds)
@@ -124,18 +125,35 @@ def nelder_mead(f: Callable[[list], float], x0: list, step: float = 0.5, max_eva
     return best_x, best_f, evals
 
 
-def _positions(theta: Tensor) -> Tensor:
+def grid_positions(theta: Tensor) -> Tensor:
     """s_0 = 0 < s_1 < ... < s_N = 1 from N logits (a cumulative softmax)."""
     w = torch.softmax(theta, 0)
     return torch.cat([w.new_zeros(1), torch.cumsum(w, 0)]).clamp(max=1.0)
 
 
-def _along(dense: Tensor, s: Tensor) -> Tensor:
+def along_grid(dense: Tensor, s: Tensor) -> Tensor:
     """Linear interpolation of the dense grid (a function of u in [0, 1]) at positions s."""
     u = s * (dense.numel() - 1)
     i = u.floor().long().clamp(max=dense.numel() - 2)
     w = u - i
     return dense[i] * (1 - w) + dense[i + 1] * w
+
+
+def calibration_noise(process, t_start: float, noise: Tensor | None, n: int, event_shape, generator, dtype) -> Tensor:
+    """The calibration batch: ``noise`` as given (checked), or ``n`` draws of shape
+    ``(n, *event_shape)`` from ``generator`` (a fixed seed if None, disjoint from user seeds)
+    scaled to sigma(t_start), in ``dtype``."""
+    if noise is None:
+        if event_shape is None:
+            raise ValueError("pass noise= (the calibration batch) or event_shape=")
+        if isinstance(n, bool) or not isinstance(n, int) or n < 2:
+            raise ValueError(f"n (calibration draws) must be an integer >= 2, got {n!r}")
+        gen = generator if generator is not None else torch.Generator().manual_seed(_CALIBRATION_SEED)
+        sig = float(process.sigma(torch.tensor([t_start], dtype=torch.float64)))
+        noise = (torch.randn((n, *event_shape), generator=gen, dtype=torch.float64) * sig).to(dtype)
+    if not isinstance(noise, Tensor) or not noise.is_floating_point():
+        raise TypeError("noise must be a floating tensor (the calibration batch)")
+    return noise
 
 
 def optimize_schedule(
@@ -186,19 +204,11 @@ def optimize_schedule(
     max_evals = max(300, 75 * steps) if max_evals is None else int(max_evals)
     per = -(-_DENSE // steps)  # dense intervals per default step: theta = 0 lands on dense points
     dense = make_grid(process, base, per * steps, t_start=t0, t_end=t1)
-    if noise is None:
-        if event_shape is None:
-            raise ValueError("pass noise= (the calibration batch) or event_shape=")
-        gen = generator if generator is not None else torch.Generator().manual_seed(_CALIBRATION_SEED)
-        sig = float(process.sigma(torch.tensor([t0], dtype=torch.float64)))
-        noise = (torch.randn((n, *event_shape), generator=gen, dtype=torch.float64) * sig).to(dtype)
-    if not isinstance(noise, Tensor) or not noise.is_floating_point():
-        raise TypeError("noise must be a floating tensor (the calibration batch)")
-    z = noise
+    z = calibration_noise(process, t0, noise, n, event_shape, generator, dtype)
     target, _ = ode_endpoint(model, z, t0, t1, tol=reference_tol)
 
     def grid_of(theta: Tensor) -> Tensor:
-        ts = _along(dense, _positions(theta))
+        ts = along_grid(dense, grid_positions(theta))
         ts[0], ts[-1] = t0, t1
         return ts
 

@@ -101,6 +101,8 @@ def sample(
     model_kwargs = check_model_kwargs(model_kwargs)
     solver = get_solver(solver)
     process = model.process
+    if schedule is None:  # a solver that carries its own grid (a tuned solver) runs on it by default
+        schedule = getattr(solver, "own_schedule", None)
     if isinstance(schedule, (list, tuple)):
         schedule = torch.tensor([float(v) for v in schedule], dtype=torch.float64)
     if isinstance(schedule, Times):  # given times: the same as passing the tensor

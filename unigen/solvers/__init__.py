@@ -3,7 +3,7 @@
 import importlib
 import pkgutil
 
-from .base import REGISTRY, Dynamics, FixedProgram, Noise, ProgramSolver, Solver, get_solver, multistep_order
+from .base import NAMED, REGISTRY, Dynamics, FixedProgram, Noise, ProgramSolver, Solver, get_solver, multistep_order
 from .grid import Grid, Node
 from .program import XI, H, Lin, Program, Q, Stage, Step, Z
 
@@ -14,6 +14,6 @@ for _mod in pkgutil.iter_modules(__path__):
 
 globals().update(REGISTRY)
 __all__ = [
-    "REGISTRY", "INFRASTRUCTURE_MODULES", "Dynamics", "Grid", "Node", "Noise", "Solver", "ProgramSolver", "get_solver", "multistep_order",
+    "REGISTRY", "NAMED", "INFRASTRUCTURE_MODULES", "Dynamics", "Grid", "Node", "Noise", "Solver", "ProgramSolver", "get_solver", "multistep_order",
     "FixedProgram", "Program", "Step", "Stage", "Lin", "Z", "Q", "H", "XI", *sorted(REGISTRY),
 ]

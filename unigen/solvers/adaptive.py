@@ -61,21 +61,24 @@ class Adaptive(Solver):
         return None  # adaptive: known only after the solve (info.nfe)
 
     def step(self, dyn, z, i, grid, state, noise):
+        return self.solve(dyn, z, grid.ts[i : i + 2], grid.process)[-1], state
+
+    def solve(self, dyn, z, span, process):
+        """One error-controlled solve from z at span[0] through every later time of ``span``
+        (landing on each exactly): the states at all of them, stacked."""
         from torchdiffeq import odeint
 
         def f(t, y):
             return dyn.velocity(y, t)
 
-        span = grid.ts[i : i + 2]
-        options = landing_options(self.method, span, self.options, grid.process)
+        options = landing_options(self.method, span, self.options, process)
         try:
-            z1 = odeint(f, z, span, method=self.method, rtol=self.rtol, atol=self.atol, options=options)[-1]
+            return odeint(f, z, span, method=self.method, rtol=self.rtol, atol=self.atol, options=options)
         except AssertionError as e:  # torchdiffeq's step-size controller gave up
             if "underflow in dt" not in str(e):
                 raise
             raise FloatingPointError(
                 f"{type(self).__name__}({self.method!r}) could not step from t={float(span[0]):.6g} to "
-                f"{float(span[1]):.6g}: its step size underflowed, which happens when the network returns NaN/inf "
+                f"{float(span[-1]):.6g}: its step size underflowed, which happens when the network returns NaN/inf "
                 "(check ug.Model(...)(z, t) at these times) or the ODE is too stiff for rtol/atol"
             ) from e
-        return z1, state

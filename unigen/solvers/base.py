@@ -43,7 +43,7 @@ from .program import Q, Z, Program, Stage, Step
 
 __all__ = [
     "Dynamics", "Solver", "ProgramSolver", "Noise", "REGISTRY", "get_solver", "multistep_order", "check_lower_order_final",
-    "LOWER_ORDER_FINAL_BELOW", "FixedProgram",
+    "LOWER_ORDER_FINAL_BELOW", "FixedProgram", "NAMED",
 ]
 
 # multistep methods drop to lower order on their last steps when a run has fewer steps than
@@ -51,6 +51,7 @@ __all__ = [
 LOWER_ORDER_FINAL_BELOW = 15
 
 REGISTRY: dict[str, type] = {}
+NAMED: dict[str, "Solver"] = {}  # configured instances by name (tuned solvers: unigen.solvers.tuned.register_tuned)
 
 # the constructor arguments of each solver instance (Solver.arguments), by id and dropped when
 # the instance is collected: kept beside the instance so that its attributes, repr and cache key
@@ -236,8 +237,11 @@ def get_solver(name_or_solver) -> Solver:
         return name_or_solver()
     if isinstance(name_or_solver, str) and name_or_solver in REGISTRY:
         return REGISTRY[name_or_solver]()
+    if isinstance(name_or_solver, str) and name_or_solver in NAMED:
+        return NAMED[name_or_solver]
     raise ValueError(
-        f"unknown solver {name_or_solver!r}; valid names are {', '.join(sorted(REGISTRY))} (or a Solver instance)"
+        f"unknown solver {name_or_solver!r}; valid names are {', '.join(sorted(REGISTRY) + sorted(NAMED))} "
+        "(or a Solver instance)"
     )
 
 
