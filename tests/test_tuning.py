@@ -73,6 +73,39 @@ def test_corrected_family_converges_at_order_plus_one(kind):
         assert slope > k + 1 - 0.3, (k, errs)
 
 
+def test_corrector_out_of_zero_snr_keeps_the_order():
+    """Flow matching from t = 1 (alpha = 0): the step after the DDIM start is corrected too."""
+    p = gmm_problem(2, "fm")
+    z = p.noise(64, torch.Generator().manual_seed(1))
+    t0, t1 = 1.0, 0.05
+    ref, _ = ode_endpoint(p.model, z, t0, t1, tol=1e-12)
+    errs = [_rmse(ug.sample(p.model, TunedSolver(2, corrector=True), steps=n, schedule="uniform", noise=z,
+                            t_start=t0, t_end=t1)[0], ref) for n in (40, 80, 160)]
+    slope = math.log(errs[0] / errs[2]) / math.log(4)
+    assert slope > 2.7, errs
+
+
+def test_refinement_scales_large_corrections_away():
+    """O(1) corrections: refined with the (N/n)^(p-1) scaling the order holds; the same corrections
+    applied unscaled at every refined step leave a first-order method (the scaling is what works)."""
+    p = gmm_problem(2, "vp")
+    t0, t1 = p.model.default_range()
+    knots = ug.make_grid(p.process, "logsnr", 4, t_start=t0, t_end=t1)
+    corr = torch.tensor([[0.0, 0.0], [0.4, -0.4], [-0.3, 0.3], [0.5, -0.5]], dtype=torch.float64)
+    tuned = TunedSolver(2, knots, corr)
+    z = p.noise(64, torch.Generator().manual_seed(2))
+    ref, _ = ode_endpoint(p.model, z, t0, t1, tol=1e-12)
+    scaled, unscaled = [], []
+    for m in (8, 16, 32):
+        grid = tuned.grid_times(4 * m)
+        scaled.append(_rmse(ug.sample(p.model, tuned, steps=4 * m, noise=z)[0], ref))
+        same = TunedSolver(2, grid, corr.repeat_interleave(m, 0))  # the corrections, unscaled, on the fine grid
+        unscaled.append(_rmse(ug.sample(p.model, same, noise=z)[0], ref))
+    slope = lambda e: math.log(e[0] / e[2]) / math.log(4)  # noqa: E731
+    assert slope(scaled) > 1.8, scaled
+    assert slope(unscaled) < 1.3, unscaled
+
+
 def test_tuned_solver_still_converges_at_its_order_when_refined():
     """The corrections of a tuned solver are scaled by (N/n)^(p-1) on a refined grid: order p holds."""
     p = gmm_problem(2, "vp")
@@ -192,6 +225,7 @@ def test_calibration_never_ends_worse_than_its_start(fit):
     else:
         r = ug.tune_solver(p.model, 4, coefficients=fit == "tune", init="default", **kw)
     assert r.rmse <= r.start_rmse + 1e-15
+    assert r.rmse < 0.9 * r.start_rmse  # and it moved: the gradients reach the parameters
     assert r.grid[0] == p.model.default_range()[0] and r.grid[-1] == p.model.default_range()[1]
     assert bool((r.grid[1:] < r.grid[:-1]).all())
 
@@ -212,10 +246,21 @@ def test_save_load_and_pick_by_name(tuned_vp5, tmp_path):
     x, _ = ug.sample(p.model, r.solver, noise=z)
     assert torch.equal(ug.sample(p.model, back, noise=z)[0], x)
     register_tuned("gmm2-vp-nfe5-test", back)
-    assert torch.equal(ug.sample(p.model, "gmm2-vp-nfe5-test", noise=z)[0], x)
+    try:
+        assert torch.equal(ug.sample(p.model, "gmm2-vp-nfe5-test", noise=z)[0], x)
+        with pytest.raises(ValueError, match="replace=True"):
+            register_tuned("gmm2-vp-nfe5-test", r.solver)
+        register_tuned("gmm2-vp-nfe5-test", r.solver, replace=True)
+    finally:
+        ug.solvers.NAMED.pop("gmm2-vp-nfe5-test", None)
     assert torch.equal(ug.sample(p.model, back, schedule="tuned", noise=z)[0], x)
     with pytest.raises(ValueError, match="new name"):
         register_tuned("DDIM", back)
+    # the coefficients belong to the tuned grid: another grid, or fewer steps, is refused
+    with pytest.raises(ValueError, match="belong to its own grid"):
+        ug.sample(p.model, back, steps=5, schedule="logsnr", noise=z)
+    with pytest.raises(ValueError, match="tuned count"):
+        ug.sample(p.model, back, steps=3, noise=z)
     with pytest.raises(ValueError, match="saved TunedSolver"):
         TunedSolver.from_state_dict({"format": "something else"})
 
@@ -259,6 +304,8 @@ def test_bad_input_is_refused_clearly():
         ug.tune_solver(p.model, 3, event_shape=(2,), n=8, init="default", losses=("lpips",))
     with pytest.raises(ValueError, match="init times"):
         ug.tune_solver(p.model, 3, event_shape=(2,), n=8, init=torch.tensor([1.0, 0.5, 0.001]))
+    with pytest.raises(ValueError, match="order"):
+        ug.tune_solver(p.model, 3, event_shape=(2,), order=7)
     with pytest.raises(ValueError, match="init must be"):
         ug.tune_solver(p.model, 3, event_shape=(2,), n=8, init="best")
     with pytest.raises(ValueError, match="event_shape"):

@@ -13,7 +13,8 @@ same probability-flow ODE from a calibration batch of noise (the *teacher*,
 * :func:`tune_solver`: the grid *and* the per-step coefficients of a
   :class:`~unigen.solvers.tuned.TunedSolver` (a multistep exponential integrator whose
   corrections keep its consistency, so it still converges as the steps shrink), in the spirit
-  of S4S (Frankel et al. 2025) and PAS (Wang et al. 2024); started from the GITS grid.
+  of S4S (Frankel et al. 2025) and PAS (Wang et al. 2024); started from the GITS grid or the
+  default one, whichever the untuned solver does better on.
 
 The grid is parametrised as in :mod:`unigen.calibration` (N logits, positions along a dense copy
 of the process's default schedule), so every candidate is strictly decreasing with fixed ends.
@@ -93,7 +94,8 @@ class _Setting:
         if not self.t0 > self.t1:
             raise ValueError(f"t_start must exceed t_end (noise -> data), got {self.t0} and {self.t1}")
         model.check_times(torch.tensor([self.t0, self.t1], dtype=torch.float64), "t_start/t_end", landing=True)
-        self.z = calibration_noise(self.process, self.t0, noise, n, event_shape, generator, dtype)
+        # the calibration runs in float64 whatever the noise's dtype (a Model casts for its network)
+        self.z = calibration_noise(self.process, self.t0, noise, n, event_shape, generator, dtype).to(torch.float64)
         if self.z.shape[0] < 4:
             raise ValueError(f"the calibration batch needs at least 4 draws (a quarter is held back), got {self.z.shape[0]}")
         self.kwargs = check_model_kwargs(model_kwargs)
@@ -224,12 +226,12 @@ def run_tuned(model: Model, z: Tensor, ts: Tensor, order: int = 3, corrections: 
     for i in range(n):
         pred = Prediction(model.raw(z, ts[i], None, model_kwargs), z, ts[i], process, model.parametrization)
         m = pred.x0
+        past = [m, *past][: max(counts)]
         if counts[i] == 0:
             if math.isinf(float(lam[i + 1].detach())):
                 return m  # the landing step onto sigma = 0
             z = alpha[i + 1] * m + sigma[i + 1] * pred.eps  # out of zero SNR: DDIM
             continue
-        past = [m, *past][: counts[i]]
         z = ratio[i] * z + sum(table[i, j] * past[j] for j in range(counts[i]))
     return z
 
@@ -347,11 +349,13 @@ def ld3_grid(model: Model, steps: int, *, order: int = 3, corrector: bool = Fals
     the objectives fitted in turn ("mse" and/or "l2", see :func:`tune_solver`). Sample with
     ``ug.sample(model, result.solver, schedule=result.grid)``."""
     t_begin = time.perf_counter()
+    TunedSolver(order, corrector=corrector)  # refuses a bad order before any work
     s = _Setting(model, steps, noise, n, event_shape, t_start, t_end, generator, dtype, reference_tol, model_kwargs)
-    theta0 = _initial_theta(s, init, reference_tol)
+    theta0 = _initial_theta(s, init, reference_tol, order, corrector)
     theta, _, rmse, start, calls, hist = _fit(s, order, corrector, theta0, None, max_iter, rounds, tuple(losses))
     grid = check_grid(s.grid_of(theta).detach(), s.process)
-    return TuneResult(grid, TunedSolver(order, corrector=corrector), rmse, start, time.perf_counter() - t_begin, calls, hist)
+    solver = TunedSolver(order, grid, corrector=corrector, info={"rmse": rmse, "start_rmse": start, "fit": "ld3"})
+    return TuneResult(grid, solver, rmse, start, time.perf_counter() - t_begin, calls, hist)
 
 
 def tune_solver(model: Model, steps: int, *, order: int = 3, corrector: bool = True, history: int | None = None,
@@ -362,14 +366,15 @@ def tune_solver(model: Model, steps: int, *, order: int = 3, corrector: bool = T
     r"""A :class:`~unigen.solvers.tuned.TunedSolver` for ``model`` at ``steps`` steps: its grid and
     (with ``coefficients``) its per-step corrections, fitted by L-BFGS through the sampler
     against the teacher endpoint (module docstring), from the GITS grid (``init="gits"``), the
-    default grid ("default") or given times.
+    default grid ("default"), the better of the two for the untuned solver ("auto") or given
+    times.
 
     Args:
         order: the Adams predictor's order k (3: DPM-Solver++(3M)'s polynomial).
         corrector: correct each state with the next evaluation (UniPC's corrector, exact
             weights; no extra call; the order becomes k + 1).
-        history: evaluations each step's corrections combine beyond the method's own (default:
-            ``order``).
+        history: L, the most recent evaluations each step's corrections combine (default:
+            ``order``; the corrector's reach is added where longer).
         noise / n / event_shape / generator / dtype: the calibration batch (as
             :func:`unigen.optimize_schedule`; 1024 draws by default, float64); every fourth
             draw is held back to choose the iterate returned.
@@ -386,11 +391,12 @@ def tune_solver(model: Model, steps: int, *, order: int = 3, corrector: bool = T
     ``ug.sample(model, result.solver, noise=z)``; ``result.solver.save(path)`` stores it.
     """
     t_begin = time.perf_counter()
+    TunedSolver(order, corrector=corrector)  # refuses a bad order before any work
     s = _Setting(model, steps, noise, n, event_shape, t_start, t_end, generator, dtype, reference_tol, model_kwargs)
     history = order if history is None else history
     if isinstance(history, bool) or not isinstance(history, int) or not 1 <= history <= 6:
         raise ValueError(f"history must be an integer in 1..6, got {history!r}")
-    theta0 = _initial_theta(s, init, reference_tol)
+    theta0 = _initial_theta(s, init, reference_tol, order, corrector)
     corr0 = torch.zeros(steps, history, dtype=torch.float64) if coefficients else None
     theta, corr, rmse, start, calls, hist = _fit(s, order, corrector, theta0, corr0, max_iter, rounds, tuple(losses))
     grid = check_grid(s.grid_of(theta).detach(), s.process)
@@ -400,17 +406,37 @@ def tune_solver(model: Model, steps: int, *, order: int = 3, corrector: bool = T
     return TuneResult(grid, solver, rmse, start, time.perf_counter() - t_begin, calls, hist)
 
 
-def _initial_theta(s: _Setting, init, tol) -> Tensor:
+INITS = ("auto", "gits", "default")
+
+
+def _initial_theta(s: _Setting, init, tol, order: int, corrector: bool) -> Tensor:
+    """Logits of the starting grid: the default grid, the GITS grid, given times, or ("auto")
+    whichever of the first two has the smaller endpoint error of the untuned solver on the
+    fitted part of the batch (the DP's first-order jump cost can favour grids that a
+    high-order solver handles worse than the default one)."""
     if isinstance(init, str):
+        if init not in INITS:
+            raise ValueError(f"init must be one of {', '.join(INITS)} or a tensor of times, got {init!r}")
+        default = torch.zeros(s.steps, dtype=torch.float64)
         if init == "default":
-            return torch.zeros(s.steps, dtype=torch.float64)
+            return default
+        traj = teacher_trajectory(s.model, s.z, s.dense, tol, s.kwargs)
+        s._target = traj[-1]
+        cost = _jump_costs(s.model, s.dense, traj, s.kwargs)
+        gits = s.theta_of(_dp(cost, s.dense, s.steps)[0])
         if init == "gits":
-            traj = teacher_trajectory(s.model, s.z, s.dense, tol, s.kwargs)
-            s._target = traj[-1]
-            cost = _jump_costs(s.model, s.dense, traj, s.kwargs)
-            grid, _, _ = _dp(cost, s.dense, s.steps)
-            return s.theta_of(grid)
-        raise ValueError(f"init must be 'default', 'gits' or a tensor of times, got {init!r}")
+            return gits
+        (zf, yf, kf), _ = _split(s.z, s._target, s.kwargs)
+
+        def error(theta):
+            with torch.no_grad():
+                try:
+                    x = run_tuned(s.model, zf, s.grid_of(theta), order, None, corrector=corrector, model_kwargs=kf)
+                except (ValueError, RuntimeError, FloatingPointError):
+                    return math.inf
+                return float((x.to(torch.float64) - yf.to(torch.float64)).pow(2).mean())
+
+        return min((gits, default), key=error)
     grid = torch.as_tensor(init, dtype=torch.float64)
     if grid.numel() != s.steps + 1:
         raise ValueError(f"init times must hold steps + 1 = {s.steps + 1} values, got {grid.numel()}")

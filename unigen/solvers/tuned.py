@@ -10,7 +10,7 @@ z_t = (sigma_t/sigma_s) z_s + sigma_t int_{lambda_s}^{lambda_t} e^lambda x0(lamb
 
 * The **Adams weights** w_ij are the unique solution of the k exponential order conditions
 
-      sum_j w_ij u_j^q = alpha_{i+1} G_q(h_i),   q < k,   u_j = (lambda_{i-j} - lambda_i)/h_i,
+      sum_j w_ij u_j^q = G_q(h_i),   q < k,   u_j = (lambda_{i-j} - lambda_i)/h_i,
       G_q(h) = h int_0^1 e^{-h(1-u)} u^q du,
 
   i.e. the integral of the Lagrange polynomial through (u_j, m_{i-j}). With k = 1 this is
@@ -136,7 +136,7 @@ def weight_table(lam: Tensor, alpha: Tensor, sigma: Tensor, plan: tuple, correct
     w = alpha[1:].unsqueeze(1) * _interpolation_weights((back - lam_s[:-1].unsqueeze(1)) / h.unsqueeze(1), k, h)
     table = w
     if any(corrected):
-        fix = torch.tensor(corrected)
+        fix = torch.tensor([c == ADAMS_MOULTON for c in corrected])
         prev = torch.cat([k[:1], k[:-1]])
         h_prev = torch.cat([h[:1], h[:-1]])
         lam_prev = torch.cat([lam_s[:1], lam_s[:-2]])
@@ -145,7 +145,15 @@ def weight_table(lam: Tensor, alpha: Tensor, sigma: Tensor, plan: tuple, correct
         shifted = torch.nn.functional.pad(torch.cat([w[:1], w[:-1]]), (1, 0))[:, :width]
         ratio = sigma[1:] / torch.where(sigma[:-1] > 0, sigma[:-1], torch.ones_like(sigma[:-1]))
         delta = alpha[:-1].unsqueeze(1) * am - shifted
-        table = table + torch.where(fix.unsqueeze(1), ratio.unsqueeze(1) * delta, torch.zeros_like(delta))
+        # out of zero SNR the previous step was DDIM, z_i = (sigma_i/sigma_0) z_0 + alpha_i m_0; over
+        # [-inf, lambda_i] the integral is int x0 d(alpha/sigma) from 0, and the trapezoid rule in
+        # alpha/sigma gives alpha_i (m_0 + m_i)/2: the correction alpha_i (m_i - m_0)/2
+        trap = torch.tensor([c == TRAPEZOID for c in corrected])
+        half = torch.zeros(n, width, dtype=w.dtype)
+        if width > 1:
+            half[:, 0], half[:, 1] = 0.5, -0.5
+        delta = torch.where(trap.unsqueeze(1), alpha[:-1].unsqueeze(1) * half, delta)
+        table = table + torch.where((fix | trap).unsqueeze(1), ratio.unsqueeze(1) * delta, torch.zeros_like(delta))
     if corrections is not None:
         cnt = torch.tensor(counts).unsqueeze(1)
         c = torch.nn.functional.pad(corrections.to(w.dtype), (0, max(0, width - corrections.shape[1])))[:, :width]
@@ -156,25 +164,32 @@ def weight_table(lam: Tensor, alpha: Tensor, sigma: Tensor, plan: tuple, correct
     return table * used.unsqueeze(1).to(table.dtype)
 
 
+ADAMS_MOULTON, TRAPEZOID = 1, 2  # step_plan's kinds of corrected step (0: none)
+
+
 def step_plan(grid, order: int, history: int, lower_order_final, corrector: bool) -> tuple[list, list, list]:
     """(orders, counts, corrected) per step of ``grid``: the Adams predictor's points
     (``multistep_order``, the one warm-up policy, over finite log-SNRs), the evaluations the
-    step's row combines (at least ``history``'s window, more where the corrector reaches
-    further), and whether the step corrects its starting state (:func:`weight_table`). A step
-    out of zero SNR or onto sigma = 0 has order and count 0."""
+    step's row combines (the last ``history``, a zero-SNR one included; more where the
+    corrector reaches further), and how the step corrects its starting state
+    (:func:`weight_table`; 0: not at all). A step out of zero SNR or onto sigma = 0 has order
+    and count 0."""
     lam = grid.lam_dpm
     orders, counts, corrected = [], [], []
     for i in range(grid.n):
         if math.isinf(lam[i]) or math.isinf(lam[i + 1]):
             orders.append(0)
             counts.append(0)
-            corrected.append(False)
+            corrected.append(0)
             continue
-        c = sum(1 for j in range(min(history, i + 1)) if math.isfinite(lam[i - j]))
-        orders.append(min(c, multistep_order(grid, i, order, lower_order_final)))
-        fix = bool(corrector) and i >= 1 and orders[i - 1] > 0
-        corrected.append(fix)
-        counts.append(max(c, orders[i - 1] + 1) if fix else c)
+        finite = sum(1 for j in range(min(history, i + 1)) if math.isfinite(lam[i - j]))
+        orders.append(min(finite, multistep_order(grid, i, order, lower_order_final)))
+        kind = 0
+        if corrector and i >= 1:
+            kind = ADAMS_MOULTON if orders[i - 1] > 0 else (TRAPEZOID if math.isinf(lam[i - 1]) else 0)
+        corrected.append(kind)
+        reach = {0: 0, ADAMS_MOULTON: orders[i - 1] + 1 if i else 0, TRAPEZOID: 2}[kind]
+        counts.append(max(min(history, i + 1), reach))
     return orders, counts, corrected
 
 
@@ -250,8 +265,8 @@ class TunedSolver(ProgramSolver):
         n = self.steps
         if steps is None or steps == n:
             return knots
-        if isinstance(steps, bool) or not isinstance(steps, int) or steps < 1:
-            raise ValueError(f"steps must be a positive integer, got {steps!r}")
+        if isinstance(steps, bool) or not isinstance(steps, int) or steps < n:
+            raise ValueError(f"steps must be an integer >= {n} (the tuned count; more refines the grid), got {steps!r}")
         u = torch.arange(steps + 1, dtype=torch.float64) * (n / steps)
         j = u.floor().long().clamp(max=n - 1)
         w = u - j
@@ -276,6 +291,22 @@ class TunedSolver(ProgramSolver):
         return max(self.predictor_order, len(self.corrections[0]) if self.corrections else 1)
 
     # -- the program ------------------------------------------------------------------
+    def expected_nfe(self, n_steps, ends_at_zero):
+        return n_steps  # one call per step, the landing step included
+
+    def check_grid(self, grid):
+        if self.corrections is None:
+            return
+        if grid.n < self.steps:
+            raise ValueError(f"this solver was tuned at {self.steps} steps; it runs at that count or more "
+                             f"(its grid refined), not {grid.n}")
+        mine = self.grid_times(grid.n)
+        if not torch.allclose(torch.tensor(grid.times, dtype=torch.float64), mine, rtol=0.0, atol=1e-12):
+            raise ValueError(
+                f"this tuned solver's coefficients belong to its own grid ({self.steps} steps from {self.times[0]:g} to "
+                f"{self.times[-1]:g}, or that grid refined); run it with schedule='tuned' (the default in ug.sample) "
+                "or use TunedSolver(order) on other grids")
+
     def prepare(self, grid):
         """The weight table of every step (:func:`weight_table`), computed once per grid."""
         plan = step_plan(grid, self.predictor_order, self.history, self.lower_order_final, self.corrector)
@@ -334,12 +365,15 @@ def _checked_times(times) -> tuple:
     return tuple(ts.tolist())
 
 
-def register_tuned(name: str, solver: TunedSolver) -> TunedSolver:
+def register_tuned(name: str, solver: TunedSolver, replace: bool = False) -> TunedSolver:
     """Make ``solver`` (a tuned instance) available by ``name`` wherever a solver name is
-    accepted (``ug.sample(model, name)``, ``get_solver``). Names of solver classes are taken."""
+    accepted (``ug.sample(model, name)``, ``get_solver``). Names of solver classes are taken;
+    a name already given to a tuned solver is rebound only with ``replace=True``."""
     if not isinstance(solver, TunedSolver):
         raise TypeError(f"register a TunedSolver instance, got {type(solver).__name__}")
     if not isinstance(name, str) or not name or name in REGISTRY:
         raise ValueError(f"a tuned solver needs a new name (not a solver class), got {name!r}")
+    if name in NAMED and not replace:
+        raise ValueError(f"the name {name!r} is taken by another tuned solver; pass replace=True to rebind it")
     NAMED[name] = solver
     return solver
