@@ -59,7 +59,7 @@ GRIDS = {"time-uniform": "uniform", "logsnr": "logsnr", "edm-rho7": "karras"}
 
 def solvers() -> dict:
     return {
-        "DPMSolverPP(3M)": ug.DPMSolverPP(3),
+        "DPMSolverPP(3M)": ug.DPMSolverPP(3, match_reference_3m=False),
         "DPMSolverPP(3M, published)": ug.DPMSolverPP(3, match_reference_3m=True),
         "DPMSolverPP(2M)": ug.DPMSolverPP(2),
         "UniPC(2)": ug.UniPC(2),
@@ -317,6 +317,8 @@ def main(argv=None) -> int:
     ap.add_argument("--problems", nargs="+", default=None)
     ap.add_argument("--nfe", type=int, nargs="+", default=None)
     ap.add_argument("--no-peers", action="store_true")
+    ap.add_argument("--n-cal", type=int, default=None, help="calibration draws (default 1024; digits 512)")
+    ap.add_argument("--n-test", type=int, default=None, help="held-out draws (default 2048 oracles, 1024 trained)")
     ap.add_argument("--out", type=pathlib.Path, default=None)
     ap.add_argument("--speed", action="store_true", help="only the calibration speed race at NFE 10 (2-D and 16-D oracles)")
     args = ap.parse_args(argv)
@@ -341,8 +343,9 @@ def main(argv=None) -> int:
         oracle = name.startswith("gmm")
         n_test = 256 if args.quick else (2048 if oracle else 1024)
         n_cal = 256 if args.quick else 1024
-        if name.startswith("digits"):  # a convolutional network: half the batches keep it to minutes
+        if name.startswith("digits"):  # a convolutional network: smaller batches keep it to minutes
             n_test, n_cal = 512, 512
+        n_test, n_cal = args.n_test or n_test, args.n_cal or n_cal
         t_p = time.perf_counter()
         results.append(run_problem(name, nfes, n_test, n_cal, nelder_mead=oracle and not args.quick and not name.startswith("gmm64"),
                                    peers=oracle and not args.no_peers, log=lambda m: print(m, flush=True)))

@@ -132,7 +132,7 @@ def test_multistep_warmup_and_order_table(order):
     exact = gauss.exact_ode_solution(Z, 1.0, 1e-3, p)
     errs = []
     for n in (32, 64):
-        x, info = ug.sample(gauss.model(p, "eps"), ug.DPMSolverPP(order), steps=n, noise=Z)
+        x, info = ug.sample(gauss.model(p, "eps"), ug.DPMSolverPP(order, match_reference_3m=False), steps=n, noise=Z)
         assert info.nfe == n
         errs.append(float((x - exact).abs().max()))
     assert math.log2(errs[0] / errs[1]) > order - 0.6

@@ -101,7 +101,8 @@ def runs():
 
 # ---- solvers: the suite's enumeration, stored as constructor calls ----------------------------
 # constructor arguments stored under another attribute (the attribute of the same name is the attained order)
-CTOR_ATTR = {("UniPC", "order"): "p", ("DPMSolver", "order"): "_k", ("DPMSolverPP", "order"): "_k"}
+CTOR_ATTR = {("UniPC", "order"): "p", ("DPMSolver", "order"): "_k", ("DPMSolverPP", "order"): "_k",
+             ("TunedSolver", "order"): "predictor_order"}
 
 
 def build_args(solver):
