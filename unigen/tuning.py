@@ -13,8 +13,9 @@ same probability-flow ODE from a calibration batch of noise (the *teacher*,
 * :func:`tune_solver`: the grid *and* the per-step coefficients of a
   :class:`~unigen.solvers.tuned.TunedSolver` (a multistep exponential integrator whose
   corrections keep its consistency, so it still converges as the steps shrink), in the spirit
-  of S4S (Frankel et al. 2025) and PAS (Wang et al. 2024); started from the GITS grid or the
-  default one, whichever the untuned solver does better on.
+  of S4S (Frankel et al. 2025) and PAS (Wang et al. 2024); started from the GITS grid (or,
+  with ``init="auto"``, from whichever of it and the default grid the untuned solver does
+  better on).
 
 The grid is parametrised as in :mod:`unigen.calibration` (N logits, positions along a dense copy
 of the process's default schedule), so every candidate is strictly decreasing with fixed ends.
