@@ -51,7 +51,8 @@ def test_untuned_family_is_dpm_solver_pp(kind, order):
     z = p.noise(32, torch.Generator().manual_seed(0))
     for steps in (5, 16):
         a, ia = ug.sample(p.model, TunedSolver(order), steps=steps, noise=z)
-        b, _ = ug.sample(p.model, ug.DPMSolverPP(order, solver_type="taylor"), steps=steps, noise=z)
+        b, _ = ug.sample(p.model, ug.DPMSolverPP(order, solver_type="taylor", match_reference_3m=False), steps=steps,
+                         noise=z)
         assert ia.nfe == steps
         assert (a - b).abs().max() < 1e-12
 

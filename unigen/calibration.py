@@ -146,8 +146,8 @@ def calibration_noise(process, t_start: float, noise: Tensor | None, n: int, eve
     if noise is None:
         if event_shape is None:
             raise ValueError("pass noise= (the calibration batch) or event_shape=")
-        if isinstance(n, bool) or not isinstance(n, int) or n < 2:
-            raise ValueError(f"n (calibration draws) must be an integer >= 2, got {n!r}")
+        if isinstance(n, bool) or not isinstance(n, int) or n < 1:
+            raise ValueError(f"n (calibration draws) must be a positive integer, got {n!r}")
         gen = generator if generator is not None else torch.Generator().manual_seed(_CALIBRATION_SEED)
         sig = float(process.sigma(torch.tensor([t_start], dtype=torch.float64)))
         noise = (torch.randn((n, *event_shape), generator=gen, dtype=torch.float64) * sig).to(dtype)

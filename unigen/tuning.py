@@ -105,12 +105,12 @@ class _Setting:
         self.fine = make_grid(self.process, base, _DENSE * _FINE, t_start=self.t0, t_end=self.t1)
         self.dense = self.fine[::_FINE].clone()
         self.ends_at_zero = float(self.process.sigma(torch.tensor(self.t1, dtype=torch.float64))) == 0.0
-        self._target = None
+        self.endpoint = None
 
     def target(self) -> Tensor:
-        if self._target is None:
-            self._target, _ = ode_endpoint(self.model, self.z, self.t0, self.t1, tol=self.tol, model_kwargs=self.kwargs)
-        return self._target
+        if self.endpoint is None:
+            self.endpoint, _ = ode_endpoint(self.model, self.z, self.t0, self.t1, tol=self.tol, model_kwargs=self.kwargs)
+        return self.endpoint
 
     def grid_of(self, theta: Tensor) -> Tensor:
         """Times from logits (differentiable in the interior, ends fixed)."""
@@ -422,12 +422,12 @@ def _initial_theta(s: _Setting, init, tol, order: int, corrector: bool) -> Tenso
         if init == "default":
             return default
         traj = teacher_trajectory(s.model, s.z, s.dense, tol, s.kwargs)
-        s._target = traj[-1]
+        s.endpoint = traj[-1]
         cost = _jump_costs(s.model, s.dense, traj, s.kwargs)
         gits = s.theta_of(_dp(cost, s.dense, s.steps)[0])
         if init == "gits":
             return gits
-        (zf, yf, kf), _ = _split(s.z, s._target, s.kwargs)
+        (zf, yf, kf), _ = _split(s.z, s.endpoint, s.kwargs)
 
         def error(theta):
             with torch.no_grad():
