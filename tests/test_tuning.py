@@ -334,3 +334,11 @@ def test_bad_input_is_refused_clearly():
         least_cost_path(torch.zeros(3, 4), 2)
     with pytest.raises(ValueError, match="steps"):
         least_cost_path(torch.zeros(3, 3), 3)
+
+
+def test_compiled_sampler_runs_a_tuned_solver_on_its_own_grid(tuned_vp5):
+    """unigen.compile resolves the solver's own grid as ug.sample does (eager mode: the same loop)."""
+    p, r = tuned_vp5
+    z = p.noise(16, torch.Generator().manual_seed(10))
+    run = ug.compiled_sampler(p.model, r.solver, shape=(16, 2), dtype=torch.float64, mode="eager")
+    assert torch.equal(run(z), ug.sample(p.model, r.solver, noise=z)[0])

@@ -34,7 +34,7 @@ from torch import Tensor
 
 from ._utils import compute_dtype
 from .model import Model
-from .sample import check_model_kwargs, integrate, model_grid, prepared_grid
+from .sample import check_model_kwargs, integrate, model_grid, prepared_grid, resolve_schedule
 from .solvers.base import Dynamics, Noise, get_solver
 from .solvers.executor import ExecutionState
 
@@ -155,6 +155,7 @@ def compiled_sampler(
     if solver.syncs_host:
         raise ValueError(f"{type(solver).__name__} adapts its steps on the host and cannot be compiled or captured")
     model_kwargs = check_model_kwargs(model_kwargs)
+    schedule, steps, t_start, t_end = resolve_schedule(model, solver, schedule, steps, t_start, t_end, tuple(shape)[1:], dtype)
     ts = model_grid(model, schedule, steps, t_start, t_end)
     work = compute_dtype(dtype)
     grid = prepared_grid(model, solver, ts, dtype, device)

@@ -20,7 +20,7 @@ from .schedules import Times, default_schedule, get_schedule, make_grid
 from .solvers.base import Dynamics, Noise, get_solver
 from .solvers.grid import Grid
 
-__all__ = ["sample", "SampleInfo", "DEFAULT_STEPS"]
+__all__ = ["sample", "SampleInfo", "DEFAULT_STEPS", "resolve_schedule"]
 
 DEFAULT_STEPS = 20  # solver steps when sample() is given neither steps nor a tensor grid (as unigen sample)
 
@@ -101,21 +101,9 @@ def sample(
     model_kwargs = check_model_kwargs(model_kwargs)
     solver = get_solver(solver)
     process = model.process
-    if schedule is None:  # a solver that carries its own grid (a tuned solver) runs on it by default
-        schedule = getattr(solver, "own_schedule", None)
-    if isinstance(schedule, (list, tuple)):
-        schedule = torch.tensor([float(v) for v in schedule], dtype=torch.float64)
-    if isinstance(schedule, Times):  # given times: the same as passing the tensor
-        schedule = schedule.ts
-    sched = None if schedule is None or isinstance(schedule, Tensor) else get_schedule(schedule)
-    if steps is None and not isinstance(schedule, Tensor) and not (sched is not None and sched.needs_model):
-        # an adaptive solver chooses its own steps between the grid's two ends
-        steps = 1 if getattr(solver, "adaptive", False) else DEFAULT_STEPS
-    if sched is not None and sched.needs_model:  # e.g. "optimized": tuned to this model and solver
-        event = tuple(noise.shape[1:]) if isinstance(noise, Tensor) else tuple(shape or ())[1:]
-        data = noise.dtype if isinstance(noise, Tensor) else (dtype or torch.get_default_dtype())
-        schedule = sched.times(process, steps, t_start, t_end, model=model, solver=solver, event_shape=event, dtype=data)
-        steps = t_start = t_end = None
+    event = tuple(noise.shape[1:]) if isinstance(noise, Tensor) else tuple(shape or ())[1:]
+    data = noise.dtype if isinstance(noise, Tensor) else (dtype or torch.get_default_dtype())
+    schedule, steps, t_start, t_end = resolve_schedule(model, solver, schedule, steps, t_start, t_end, event, data)
     ts = model_grid(model, schedule, steps, t_start, t_end)
 
     if noise is not None:
@@ -193,6 +181,28 @@ def integrate(solver, dyn: Dynamics, z: Tensor, grid: Grid, noise_fn: Noise, on_
         if on_step is not None:
             on_step(i, z)
     return z
+
+
+def resolve_schedule(model: Model, solver, schedule, steps, t_start, t_end, event_shape: tuple, dtype):
+    """(schedule, steps, t_start, t_end) ready for :func:`model_grid`: the solver's own grid when
+    no schedule is given (a tuned solver), lists and ``Times`` as tensors, the default step
+    count, and a schedule that depends on the model and solver (``"optimized"``, ``"tuned"``)
+    evaluated to its times. What ``sample`` and ``unigen.compile`` share."""
+    if schedule is None:  # a solver that carries its own grid (a tuned solver) runs on it by default
+        schedule = getattr(solver, "own_schedule", None)
+    if isinstance(schedule, (list, tuple)):
+        schedule = torch.tensor([float(v) for v in schedule], dtype=torch.float64)
+    if isinstance(schedule, Times):  # given times: the same as passing the tensor
+        schedule = schedule.ts
+    sched = None if schedule is None or isinstance(schedule, Tensor) else get_schedule(schedule)
+    if steps is None and not isinstance(schedule, Tensor) and not (sched is not None and sched.needs_model):
+        # an adaptive solver chooses its own steps between the grid's two ends
+        steps = 1 if getattr(solver, "adaptive", False) else DEFAULT_STEPS
+    if sched is not None and sched.needs_model:  # e.g. "optimized": tuned to this model and solver
+        schedule = sched.times(model.process, steps, t_start, t_end, model=model, solver=solver,
+                               event_shape=tuple(event_shape), dtype=dtype)
+        steps = t_start = t_end = None
+    return schedule, steps, t_start, t_end
 
 
 def raise_if_not_finite(z: Tensor, sums: list, grid: Grid, solver: str) -> None:
