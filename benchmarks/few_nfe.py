@@ -92,7 +92,7 @@ def peer_runs(problem, z, budgets, log) -> list[dict]:
         if peer.stochastic or not peer.applies(problem) or peer.budgets == ():
             continue
         for budget in budgets:
-            steps = max([n for n in range(2, budget + 1) if peer.nfe_of(n) <= budget], default=None)
+            steps = P.steps_for(peer, budget)
             if steps is None:
                 continue
             try:

@@ -492,7 +492,8 @@ def reference(problem, z: torch.Tensor, t_start: float, t_end: float) -> torch.T
     return problem.reference(z, t_start, t_end)[0]
 
 
-def _steps_for(peer: Peer, budget: int) -> int | None:
+def steps_for(peer: Peer, budget: int) -> int | None:
+    """The most steps (>= 2) whose ``peer.nfe_of`` fits ``budget`` model calls (None: none fits)."""
     best = None
     for n in range(2, budget + 1):
         if peer.nfe_of(n) <= budget:
@@ -527,7 +528,7 @@ def run_problem(problem, peer_list, budgets, n_samples: int, seed: int = 0, n_pr
     records = []
     for peer in [p for p in peer_list if p.applies(problem)]:
         t_peer = time.perf_counter()
-        plan = [(None, None)] if peer.budgets == () else [(b, _steps_for(peer, b)) for b in budgets]
+        plan = [(None, None)] if peer.budgets == () else [(b, steps_for(peer, b)) for b in budgets]
         for budget, steps in plan:
             rec = dict(base, library=peer.library, sampler=peer.sampler, grid=peer.grid, budget=budget,
                        stochastic=peer.stochastic, unigen_twin=peer.twin_label)

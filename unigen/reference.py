@@ -73,9 +73,10 @@ def ode_trajectory(model: Model, z: Tensor, times: Tensor, tol: float = 1e-10, i
         options = {"step_t": grid.ts[-1:]} if interpolate else None
         xs = Adaptive("dopri5", rtol=tol, atol=tol, options=options).solve(dyn, z.to(work) * float(scale[0]), grid.ts,
                                                                             grid.process)
+        landed = dyn.predict(xs[-1], grid.t[-1], grid.node(grid.n)).x0 if land else None
         xs = xs / scale.to(dtype=work, device=z.device).reshape(-1, *[1] * z.ndim)
         if land:  # x0 is the same in every process: no rescaling
-            xs[-1] = dyn.predict(xs[-1] * float(scale[-1]), grid.t[-1], grid.node(grid.n)).x0
+            xs[-1] = landed
     return xs.to(z.dtype), dyn.nfe
 
 

@@ -203,20 +203,24 @@ def _dp(cost: Tensor, dense: Tensor, steps: int):
 
 
 def run_tuned(model: Model, z: Tensor, ts: Tensor, order: int = 3, corrections: Tensor | None = None,
-              lower_order_final: bool = True, corrector: bool = False, model_kwargs: dict | None = None) -> Tensor:
+              lower_order_final: bool = True, corrector: bool = False, model_kwargs: dict | None = None,
+              plan: tuple | None = None) -> Tensor:
     r"""A :class:`~unigen.solvers.tuned.TunedSolver` run from ``z`` over the times ``ts`` (its
     tuned step count: correction row i belongs to step i), differentiable with respect to the
     times, the corrections (N x L) and the model.
 
     The same update as the solver's program (``ug.sample``) from the same weight table, written
     with tensors: the schedule values come from the process at the (possibly grad-carrying)
-    times and the network is called at them.
+    times and the network is called at them. ``plan`` (the run's :func:`step_plan`) may be passed when
+    many runs share one (it depends only on the step count and which ends have an infinite
+    log-SNR, not on the interior times).
     """
     process = model.process
     n = ts.numel() - 1
-    history = order if corrections is None else max(order, corrections.shape[1])
-    plan = step_plan(Grid(process, ts.detach(), torch.float64, "cpu"), order, history, lower_order_final, corrector)
+    if plan is None:
+        plan = _run_plan(process, ts, order, corrections, lower_order_final, corrector)
     counts = plan[1]
+    depth = max(counts)
     alpha, sigma = process.alpha(ts), process.sigma(ts)
     positive = (alpha > 0) & (sigma > 0)
     lam = torch.where(positive, torch.log(torch.where(positive, alpha / sigma, torch.ones_like(alpha))),
@@ -227,7 +231,7 @@ def run_tuned(model: Model, z: Tensor, ts: Tensor, order: int = 3, corrections: 
     for i in range(n):
         pred = Prediction(model.raw(z, ts[i], None, model_kwargs), z, ts[i], process, model.parametrization)
         m = pred.x0
-        past = [m, *past][: max(counts)]
+        past = [m, *past][:depth]
         if counts[i] == 0:
             if math.isinf(float(lam[i + 1].detach())):
                 return m  # the landing step onto sigma = 0
@@ -235,6 +239,12 @@ def run_tuned(model: Model, z: Tensor, ts: Tensor, order: int = 3, corrections: 
             continue
         z = ratio[i] * z + sum(table[i, j] * past[j] for j in range(counts[i]))
     return z
+
+
+def _run_plan(process, ts: Tensor, order: int, corrections: Tensor | None, lower_order_final, corrector: bool) -> tuple:
+    """``step_plan`` of a run of :func:`run_tuned` over the times ``ts``."""
+    history = order if corrections is None else max(order, corrections.shape[1])
+    return step_plan(Grid(process, ts.detach(), torch.float64, "cpu"), order, history, lower_order_final, corrector)
 
 
 def _split(z: Tensor, target: Tensor, kwargs: dict | None):
@@ -275,8 +285,11 @@ def _fit(s: _Setting, order: int, corrector: bool, theta0: Tensor, corr0: Tensor
         corr = corr0.clone().requires_grad_(True)
         params.append(corr)
 
+    # the plan depends on the step count and the ends' log-SNRs only: one for every candidate grid
+    plan = _run_plan(s.process, s.grid_of(theta0), order, corr0, True, corrector)
+
     def per_draw(z, y, kw, th, c):  # squared error per draw, averaged over its elements
-        x = run_tuned(s.model, z, s.grid_of(th), order, c, corrector=corrector, model_kwargs=kw)
+        x = run_tuned(s.model, z, s.grid_of(th), order, c, corrector=corrector, model_kwargs=kw, plan=plan)
         return (x.to(torch.float64) - y.to(torch.float64)).pow(2).flatten(1).mean(1)
 
     def evaluate(th, c):

@@ -50,7 +50,7 @@ from torch import Tensor
 from .base import NAMED, REGISTRY, ProgramSolver, check_lower_order_final, multistep_order
 from .program import H, Q, Stage, Step, Z
 
-__all__ = ["TunedSolver", "exponential_moments", "adams_weights", "weight_table", "step_plan", "register_tuned"]
+__all__ = ["TunedSolver", "exponential_moments", "weight_table", "step_plan", "register_tuned"]
 
 _GL_X, _GL_W = np.polynomial.legendre.leggauss(24)
 _GL_U = torch.tensor((_GL_X + 1.0) / 2.0, dtype=torch.float64)  # Gauss-Legendre on [0, 1]
@@ -80,21 +80,11 @@ def exponential_moments(h: Tensor, count: int) -> Tensor:
     return torch.stack([torch.where(small, a, b) for a, b in zip(quad, rec)], -1)
 
 
-def adams_weights(u: Tensor, h: Tensor) -> Tensor:
-    r"""The weights w_j with sum_j w_j u_j^q = G_q(h), q < len(u) (module docstring; u_0 = 0 is
-    the current point, u_j < 0 earlier ones, in units of h). Times alpha_{i+1}, they integrate
-    the polynomial through the points exactly."""
-    k = u.shape[-1]
-    g = exponential_moments(h, k)
-    if k == 1:
-        return g
-    vander = torch.stack([u ** q for q in range(k)], -2)
-    return torch.linalg.solve(vander, g)
-
-
 def _interpolation_weights(u: Tensor, k: Tensor, h: Tensor) -> Tensor:
-    """Batched :func:`adams_weights`: row i solves sum_{j<k_i} w_ij u_ij^q = G_q(h_i), q < k_i
-    (entries j >= k_i are 0; a row with k_i = 0 is all zero)."""
+    """Row i: the Adams weights w_ij with sum_{j<k_i} w_ij u_ij^q = G_q(h_i), q < k_i (u_i0 = 0 the
+    current point, u_ij < 0 earlier ones, in units of h_i; entries j >= k_i are 0, a row with
+    k_i = 0 is all zero). Times alpha_{i+1}, they integrate the polynomial through the points
+    exactly (module docstring)."""
     n, width = u.shape
     j = torch.arange(width).unsqueeze(0)
     q = torch.arange(width).reshape(1, width, 1)
