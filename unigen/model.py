@@ -23,12 +23,51 @@ from .parametrization import TABLE, PathCoefficients, Prediction, reproject, che
 from .process import Process, time_change
 from .schedules import sample_range
 
-__all__ = ["Model", "guided"]
+__all__ = ["Model", "TimeDomain", "guided"]
 
 _EMPTY: dict = {}
 
 
-class Model:
+class TimeDomain:
+    """Where a model is defined: a :class:`~unigen.process.Process` and the times ``t_range``
+    in it that the network was trained on. Shared by the one-time :class:`Model` and the
+    two-time :class:`~unigen.flow_map.FlowMap`, so both pick and check times the same way."""
+
+    process: Process
+    t_range: tuple[float, float]
+
+    def check_times(self, t: Tensor, name: str = "t", landing: bool = False) -> None:
+        """Raise a ValueError naming :attr:`t_range` if a time leaves it (host sync: API edges only).
+
+        With ``landing``, ``t`` is a sampling grid whose last time may lie below the range
+        where sigma = 0 there (the step onto it lands on x0_hat without a network call).
+        """
+        lo, hi = self.t_range
+        t64 = t.detach().to(torch.float64).cpu().reshape(-1)
+        inside = within(t64, lo, hi)
+        if landing and t64.numel() > 1 and not bool(inside[-1]):
+            end = t64[-1:]
+            inside[-1] = bool(end <= hi) and float(self.process.sigma(end)) == 0.0
+        if not bool(inside.all()):
+            bad = t64[~inside][:4].tolist()
+            raise ValueError(
+                f"{name} must lie in this model's valid time range [{lo:.6g}, {hi:.6g}] "
+                f"({type(self.process).__name__} times where the network is defined), got {bad}"
+            )
+
+    def default_range(self) -> tuple[float, float]:
+        """(t_start, t_end) that sampling and likelihood use by default.
+
+        The process's customary range (``schedules.sample_range``) cut to :attr:`t_range`:
+        the start moves down to t_hi, the end up to t_lo (a zero-noise end that t_lo
+        reaches is kept, so the last step still lands on x0_hat).
+        """
+        start, end = sample_range(self.process)
+        lo, hi = self.t_range
+        return min(start, hi), max(end, lo)
+
+
+class Model(TimeDomain):
     r"""``fn`` seen as a prediction of type ``parametrization`` for ``process``.
 
     Args:
@@ -89,13 +128,13 @@ class Model:
         self.process = process
         self.parametrization = check_parametrization(parametrization)
         self.time_input = time_input
-        self.t_range = process.model_range if t_range is None else _check_range(t_range, process)
+        self.t_range = process.model_range if t_range is None else check_range(t_range, process)
         if not isinstance(batch_time, bool):
             raise TypeError(f"batch_time must be True or False, got {batch_time!r}")
         self.batch_time = batch_time
         if dtype is not None and not (isinstance(dtype, torch.dtype) and dtype.is_floating_point):
             raise TypeError(f"dtype must be a floating torch.dtype, got {dtype!r}")
-        self.dtype = dtype if dtype is not None else _module_dtype(fn)
+        self.dtype = dtype if dtype is not None else module_dtype(fn)
 
     @property
     def _inputs(self) -> str:
@@ -115,25 +154,6 @@ class Model:
         self.process.check_t(t)
         self.check_times(t)
         return t
-
-    def check_times(self, t: Tensor, name: str = "t", landing: bool = False) -> None:
-        """Raise a ValueError naming :attr:`t_range` if a time leaves it (host sync: API edges only).
-
-        With ``landing``, ``t`` is a sampling grid whose last time may lie below the range
-        where sigma = 0 there (the step onto it lands on x0_hat without a network call).
-        """
-        lo, hi = self.t_range
-        t64 = t.detach().to(torch.float64).cpu().reshape(-1)
-        inside = _within(t64, lo, hi)
-        if landing and t64.numel() > 1 and not bool(inside[-1]):
-            end = t64[-1:]
-            inside[-1] = bool(end <= hi) and float(self.process.sigma(end)) == 0.0
-        if not bool(inside.all()):
-            bad = t64[~inside][:4].tolist()
-            raise ValueError(
-                f"{name} must lie in this model's valid time range [{lo:.6g}, {hi:.6g}] "
-                f"({type(self.process).__name__} times where the network is defined), got {bad}"
-            )
 
     def predict(self, z: Tensor, t: Tensor, model_kwargs: dict | None = None) -> Prediction:
         """Evaluate without validation (used inside solver steps)."""
@@ -176,7 +196,7 @@ class Model:
                     f"Model(..., dtype=torch.float32), so inputs are cast to it, or pass noise of that dtype"
                 ) from e
             raise
-        return _checked_output(out, z)
+        return checked_output(out, z)
 
     def _time(self, t):
         return t if self.time_input is None else self.time_input(t)
@@ -192,17 +212,6 @@ class Model:
         parametrization = self.parametrization if parametrization is None else parametrization
         return _Transformed(self, process, parametrization)
 
-    def default_range(self) -> tuple[float, float]:
-        """(t_start, t_end) that sampling and likelihood use by default.
-
-        The process's customary range (``schedules.sample_range``) cut to :attr:`t_range`:
-        the start moves down to t_hi, the end up to t_lo (a zero-noise end that t_lo
-        reaches is kept, so the last step still lands on x0_hat).
-        """
-        start, end = sample_range(self.process)
-        lo, hi = self.t_range
-        return min(start, hi), max(end, lo)
-
     def views_at(self, t: float):
         """Every (model, time) that a call at ``t`` evaluates through: this model and, for a
         transferred or guided model, the models it reads (at their own times)."""
@@ -212,26 +221,26 @@ class Model:
         return f"{type(self).__name__}({self.parametrization}, {self.process!r})"
 
 
-def _within(t64: Tensor, lo: float, hi: float) -> Tensor:
+def within(t64: Tensor, lo: float, hi: float) -> Tensor:
     slack = 1e-6 * max(1.0, abs(lo), abs(hi))
     return (t64 >= lo - slack) & (t64 <= hi + slack)
 
 
-def _check_range(t_range, process: Process) -> tuple[float, float]:
+def check_range(t_range, process: Process) -> tuple[float, float]:
     try:
         lo, hi = (float(v) for v in t_range)
     except (TypeError, ValueError):
         raise TypeError(f"t_range must be a pair (t_lo, t_hi) of numbers, got {t_range!r}") from None
     if not (math.isfinite(lo) and math.isfinite(hi) and lo < hi):
         raise ValueError(f"t_range must be finite with t_lo < t_hi, got {t_range!r}")
-    if not bool(_within(torch.tensor([lo, hi], dtype=torch.float64), process.t_min, process.t_max).all()):
+    if not bool(within(torch.tensor([lo, hi], dtype=torch.float64), process.t_min, process.t_max).all()):
         raise ValueError(
             f"t_range {t_range!r} leaves {type(process).__name__}'s domain [{process.t_min:g}, {process.t_max:g}]"
         )
     return max(lo, process.t_min), min(hi, process.t_max)
 
 
-def _module_dtype(fn) -> torch.dtype | None:
+def module_dtype(fn) -> torch.dtype | None:
     if isinstance(fn, nn.Module):
         for p in fn.parameters():
             if p.is_floating_point():
@@ -239,7 +248,7 @@ def _module_dtype(fn) -> torch.dtype | None:
     return None
 
 
-def _checked_output(out, z: Tensor) -> Tensor:
+def checked_output(out, z: Tensor) -> Tensor:
     """The network's output as a tensor shaped like z (metadata checks only: no host sync)."""
     if type(out) is Tensor and out.dtype is z.dtype and out.shape == z.shape:
         return out  # the common case in two comparisons (a device mismatch fails in the next op)
@@ -267,7 +276,7 @@ def _checked_output(out, z: Tensor) -> Tensor:
     return out if out.dtype == z.dtype else out.to(z.dtype)
 
 
-def _map_time(src: Process, dst: Process, t: float) -> float:
+def map_time(src: Process, dst: Process, t: float) -> float:
     """The dst time of equal log-SNR to src time ``t`` (float64), clamped to dst's domain;
     an infinite log-SNR maps to the end of dst's domain that reaches it, or the nearest end."""
     lam = float(src.log_snr(torch.tensor(t, dtype=torch.float64)))
@@ -300,7 +309,7 @@ class _Transformed(Model):
                 f"{type(src).__name__} on [{lo_in:g}, {hi_in:g}] covers log-SNR [{float(lam[0]):.4g}, {float(lam[1]):.4g}], "
                 f"which does not meet {type(dst).__name__}'s [{float(dom[0]):.4g}, {float(dom[1]):.4g}]"
             )
-        return _map_time(src, dst, lo_in), _map_time(src, dst, hi_in)
+        return map_time(src, dst, lo_in), map_time(src, dst, hi_in)
 
     def default_range(self) -> tuple[float, float]:
         """The target process's customary range cut to :attr:`t_range`, starting no earlier
@@ -308,12 +317,12 @@ class _Transformed(Model):
         customary start avoids a singular end (e.g. VP.cosine's t = 0.9946) keeps avoiding it."""
         start, end = super().default_range()
         if self.process is not self.inner.process:
-            start = min(start, _map_time(self.inner.process, self.process, self.inner.default_range()[0]))
+            start = min(start, map_time(self.inner.process, self.process, self.inner.default_range()[0]))
         return start, end
 
     def views_at(self, t: float):
         yield from super().views_at(t)
-        t_in = t if self.process is self.inner.process else _map_time(self.process, self.inner.process, t)
+        t_in = t if self.process is self.inner.process else map_time(self.process, self.inner.process, t)
         yield from self.inner.views_at(t_in)
 
     def _energy(self, z, t):
