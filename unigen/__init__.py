@@ -3,12 +3,14 @@
 __version__ = "0.1.0"  # first: unigen.cli and unigen.bench.report import it
 
 # every module imports what it needs at its own top, so the order here is only alphabetical
-from . import analytic, calibration, ebm, flows, likelihood, losses, solvers, train, tuning, vae
+from . import analytic, calibration, ebm, flow_map, flow_map_samplers, flows, likelihood, losses, solvers, train, tuning, vae
 from ._utils import IncompatibleSolverError, SingularConversionError
 from .analytic import GaussianMixture
 from .calibration import optimize_schedule
 from .compile import compiled_sampler
 from .ebm import EnergyModel, PersistentChains, contrastive_divergence_loss
+from .flow_map import FlowMap, integrated
+from .flow_map_samplers import ConsistencySampler, FlowMapJump, GammaSampler
 from .flows import ContinuousFlow, Flow
 from .likelihood import bits_per_dim, discrete_vlb, log_likelihood
 from .losses import loss
@@ -34,6 +36,13 @@ __all__ = [
     "vae",
     "GaussianMixture",
     "Model",
+    "flow_map",
+    "flow_map_samplers",
+    "FlowMap",
+    "integrated",
+    "FlowMapJump",
+    "ConsistencySampler",
+    "GammaSampler",
     "guided",
     "PARAMETRIZATIONS",
     "Prediction",

@@ -24,7 +24,7 @@ x0                   (sigma_s/sigma_t) z + (alpha_s - sigma_s alpha_t/    x0 = o
                      sigma_t) out              (CTM; DDIM with out = x0)
 ===================  ==================================================  ===============
 
-The last three satisfy X_{t->t} = id by construction. :func:`integrated` turns a ``Model`` into
+``average_velocity`` and ``x0`` satisfy X_{t->t} = id by construction. :func:`integrated` turns a ``Model`` into
 its flow map by an accurate ODE solve (the teacher; exact to the tolerance for the oracle),
 :meth:`FlowMap.tangent` turns a flow map back into a ``Model``, and :meth:`FlowMap.to` moves it to
 another process by the equal-log-SNR time change of ``Model.to``:
@@ -40,7 +40,7 @@ import torch
 from torch import Tensor
 
 from ._utils import as_time, check_time_shape, compute_dtype, expand_like, refuse_non_finite
-from .model import Model, TimeDomain, check_range, checked_output, module_dtype
+from .model import Model, TimeDomain, call_network, check_range, checked_output, module_dtype
 from .parametrization import undetermined_reason
 from .process import FlowMatching, Process, time_change
 
@@ -88,7 +88,7 @@ FLOW_MAP_PARAMETRIZATIONS: dict[str, FlowMapParametrization] = {
     p.name: p
     for p in (
         FlowMapParametrization("endpoint", lambda out, z, c: out, None, False),
-        FlowMapParametrization("displacement", lambda out, z, c: z + out, None, True),
+        FlowMapParametrization("displacement", lambda out, z, c: z + out, None, False),
         FlowMapParametrization("average_velocity", lambda out, z, c: z + (c.s - c.t) * out, "velocity", True),
         FlowMapParametrization("x0", _ddim_endpoint, "x0", True),
     )
@@ -170,7 +170,7 @@ class FlowMap(TimeDomain):
         if self.dtype is not None and x.dtype != self.dtype:
             x = x.to(self.dtype)
             tt, ss = (v.to(self.dtype) if isinstance(v, Tensor) and v.is_floating_point() else v for v in (tt, ss))
-        return checked_output(self.fn(x, tt, ss, **kw), z)
+        return checked_output(call_network(self.fn, (x, tt, ss), kw, "FlowMap"), z)
 
     def _time(self, t):
         return t if self.time_input is None else self.time_input(t)

@@ -186,17 +186,7 @@ class Model(TimeDomain):
             x = x.to(self.dtype)
             if isinstance(time, Tensor) and time.is_floating_point():
                 time = time.to(self.dtype)
-        try:
-            out = self.fn(x, time, **kw)
-        except RuntimeError as e:
-            msg = str(e)
-            if "dtype" in msg or "scalar type" in msg or ("type" in msg and "should be the same" in msg):
-                raise TypeError(
-                    f"the network failed on input of dtype {x.dtype} ({e}); declare the dtype it computes in, "
-                    f"Model(..., dtype=torch.float32), so inputs are cast to it, or pass noise of that dtype"
-                ) from e
-            raise
-        return checked_output(out, z)
+        return checked_output(call_network(self.fn, (x, time), kw, type(self).__name__), z)
 
     def _time(self, t):
         return t if self.time_input is None else self.time_input(t)
@@ -246,6 +236,21 @@ def module_dtype(fn) -> torch.dtype | None:
             if p.is_floating_point():
                 return p.dtype
     return None
+
+
+def call_network(fn, args: tuple, kw: dict, owner: str = "Model"):
+    """``fn(*args, **kw)``; a dtype mismatch inside the network (float64 input to a float32 net)
+    becomes a TypeError that says how to declare the network's dtype."""
+    try:
+        return fn(*args, **kw)
+    except RuntimeError as e:
+        msg = str(e)
+        if "dtype" in msg or "scalar type" in msg or ("type" in msg and "should be the same" in msg):
+            raise TypeError(
+                f"the network failed on input of dtype {args[0].dtype} ({e}); declare the dtype it computes in, "
+                f"{owner}(..., dtype=torch.float32), so inputs are cast to it, or pass noise of that dtype"
+            ) from e
+        raise
 
 
 def checked_output(out, z: Tensor) -> Tensor:

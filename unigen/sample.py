@@ -13,6 +13,8 @@ import torch
 from torch import Tensor
 
 from ._utils import LRUCache, SingularConversionError, compute_dtype, refuse_non_finite
+from .flow_map import FlowMap
+from .flow_map_samplers import CountedFlowMap, get_flow_map_sampler
 from .model import Model
 from .parametrization import undetermined_reason
 from .progress import progress_bar
@@ -36,8 +38,8 @@ class SampleInfo:
 
 
 def sample(
-    model: Model,
-    solver="DPMSolverPP",
+    model: Model | FlowMap,
+    solver=None,
     steps: int | None = None,
     schedule=None,
     *,
@@ -59,8 +61,11 @@ def sample(
     r"""Draw samples by integrating from noise (t_start) to data (t_end).
 
     Args:
-        model: a :class:`~unigen.model.Model`.
-        solver: a Solver instance, class or registered name (``ug.solvers.REGISTRY``).
+        model: a :class:`~unigen.model.Model`, or a two-time :class:`~unigen.flow_map.FlowMap`
+            (then ``solver`` is a few-step sampler of ``unigen.flow_map_samplers``, one
+            flow-map call per step, and ``steps`` defaults to 1).
+        solver: a Solver instance, class or registered name (``ug.solvers.REGISTRY``); default
+            ``"DPMSolverPP"`` (``"FlowMapJump"`` for a flow map).
         steps: number of solver steps (grid of ``steps + 1`` times); default 20
             (``DEFAULT_STEPS``, as ``unigen sample``), and 1 for ``Adaptive`` (one
             error-controlled solve from t_start to t_end).
@@ -96,31 +101,24 @@ def sample(
     inputs are integrated in float32 (the network still sees its own dtype) and returned in
     the input dtype.
     """
+    if isinstance(model, FlowMap):
+        if denoise_final:
+            raise ValueError("denoise_final applies to a one-time Model; a flow map's last jump lands on the data end")
+        return _sample_flow_map(model, "FlowMapJump" if solver is None else solver, steps, schedule, shape=shape,
+                                noise=noise, generator=generator, t_start=t_start, t_end=t_end,
+                                return_trajectory=return_trajectory, callback=callback, progress=progress, grad=grad,
+                                dtype=dtype, device=device, model_kwargs=model_kwargs, check_finite=check_finite)
     if not isinstance(model, Model):
-        raise TypeError(f"model must be a unigen Model, got {type(model).__name__}")
+        raise TypeError(f"model must be a unigen Model or FlowMap, got {type(model).__name__}")
     model_kwargs = check_model_kwargs(model_kwargs)
-    solver = get_solver(solver)
+    solver = get_solver("DPMSolverPP" if solver is None else solver)
     process = model.process
     event = tuple(noise.shape[1:]) if isinstance(noise, Tensor) else tuple(shape or ())[1:]
     data = noise.dtype if isinstance(noise, Tensor) else (dtype or torch.get_default_dtype())
     schedule, steps, t_start, t_end = resolve_schedule(model, solver, schedule, steps, t_start, t_end, event, data)
     ts = model_grid(model, schedule, steps, t_start, t_end)
 
-    if noise is not None:
-        if not isinstance(noise, Tensor) or not noise.is_floating_point():
-            raise TypeError("noise must be a floating tensor z_T")
-        refuse_non_finite(noise, "noise")
-        if shape is not None and tuple(shape) != tuple(noise.shape):
-            raise ValueError(f"shape {tuple(shape)} disagrees with noise of shape {tuple(noise.shape)}")
-        if device is not None and torch.device(device) != noise.device:
-            raise ValueError(f"device {device} disagrees with noise on {noise.device}")
-        z = noise
-    else:
-        if shape is None:
-            raise ValueError("pass shape=(batch, ...) or noise=z_T")
-        z = process.prior_sample(shape, generator=generator, dtype=dtype or torch.get_default_dtype(), device=device)
-        if float(ts[0]) != process.t_max:  # the prior's std at the grid's start
-            z = z * (float(process.sigma(ts[:1])) / process.prior_std())
+    z = prior_draw(process, ts, shape, noise, generator, dtype, device)
     if isinstance(generator, (list, tuple)) and len(generator) != z.shape[0]:
         raise ValueError(f"a list of generators needs one per batch item: got {len(generator)} for batch {z.shape[0]}")
 
@@ -156,6 +154,77 @@ def sample(
         raise_if_not_finite(z, sums, grid, type(solver).__name__)
     info = SampleInfo(nfe=dyn.nfe, times=grid.ts, solver=repr(solver), trajectory=trajectory)
     return z.to(data_dtype), info
+
+
+def _sample_flow_map(flow_map: FlowMap, sampler, steps, schedule, *, shape, noise, generator, t_start, t_end,
+                     return_trajectory, callback, progress, grad, dtype, device, model_kwargs, check_finite):
+    """:func:`sample` for a two-time flow map: the grid as for a Model, one flow-map call per step."""
+    model_kwargs = check_model_kwargs(model_kwargs)
+    sampler = get_flow_map_sampler(sampler)
+    if isinstance(schedule, (list, tuple)):
+        schedule = torch.tensor([float(v) for v in schedule], dtype=torch.float64)
+    if isinstance(schedule, Times):
+        schedule = schedule.ts
+    if schedule is not None and not isinstance(schedule, Tensor) and get_schedule(schedule).needs_model:
+        raise ValueError(f"schedule {schedule!r} is tuned to a one-time model and solver; a flow map takes a named "
+                         "schedule or a tensor of times")
+    if steps is None and not isinstance(schedule, Tensor):
+        steps = 1  # one jump: what a flow map is for
+    ts = model_grid(flow_map, schedule, steps, t_start, t_end)
+    z = prior_draw(flow_map.process, ts, shape, noise, generator, dtype, device)
+    data_dtype = z.dtype
+    z = z.to(compute_dtype(data_dtype))
+    times = ts.to(dtype=z.dtype, device=z.device)
+    counted = CountedFlowMap(flow_map, data_dtype)
+    trajectory = [z] if return_trajectory else []
+    n = times.numel() - 1
+    bar = progress_bar(n, type(sampler).__name__, enabled=progress, require_tqdm=True) if progress else None
+    sums = [] if check_finite else None
+
+    def on_step(i, z):
+        if sums is not None:
+            sums.append(z.detach().sum())
+        if return_trajectory:
+            trajectory.append(z)
+        if callback is not None:
+            callback(i, times[i + 1], z)
+        if bar is not None:
+            bar.update(1)
+
+    with torch.set_grad_enabled(grad):
+        z = sampler.run(counted, z, times, Noise(generator), model_kwargs, on_step)
+    if bar is not None:
+        bar.close()
+    if sums is not None and not bool(torch.isfinite(z).all()):
+        bad = (~torch.isfinite(torch.stack(sums))).nonzero()
+        i = int(bad[0]) if bad.numel() else n - 1
+        raise FloatingPointError(
+            f"{type(sampler).__name__} produced non-finite values at step {i} of {n} (t={float(ts[i]):.6g} -> "
+            f"{float(ts[i + 1]):.6g}); the flow map returned NaN/inf there. check_finite=False returns the values unchecked"
+        )
+    info = SampleInfo(nfe=counted.nfe, times=ts, solver=repr(sampler), trajectory=trajectory)
+    return z.to(data_dtype), info
+
+
+def prior_draw(process, ts: Tensor, shape, noise, generator, dtype, device) -> Tensor:
+    """z at the grid's first time: ``noise`` as given (checked against ``shape`` and ``device``),
+    else z ~ N(0, sigma(ts[0])^2 I) of ``shape``."""
+    if noise is not None:
+        if not isinstance(noise, Tensor) or not noise.is_floating_point():
+            raise TypeError("noise must be a floating tensor z_T")
+        refuse_non_finite(noise, "noise")
+        if shape is not None and tuple(shape) != tuple(noise.shape):
+            raise ValueError(f"shape {tuple(shape)} disagrees with noise of shape {tuple(noise.shape)}")
+        if device is not None and torch.device(device) != noise.device:
+            raise ValueError(f"device {device} disagrees with noise on {noise.device}")
+        z = noise
+    else:
+        if shape is None:
+            raise ValueError("pass shape=(batch, ...) or noise=z_T")
+        z = process.prior_sample(shape, generator=generator, dtype=dtype or torch.get_default_dtype(), device=device)
+        if float(ts[0]) != process.t_max:  # the prior's std at the grid's start
+            z = z * (float(process.sigma(ts[:1])) / process.prior_std())
+    return z
 
 
 def integrate(solver, dyn: Dynamics, z: Tensor, grid: Grid, noise_fn: Noise, on_step=None, sums=None, state=None) -> Tensor:

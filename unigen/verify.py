@@ -21,6 +21,7 @@ from . import flows
 from . import process as P
 from . import solvers as S
 from .analytic import GaussianMixture, ring_mixture
+from .flow_map import integrated
 from .likelihood import discrete_vlb, log_likelihood
 from .losses import loss, target_mse
 from .model import Model
@@ -132,6 +133,99 @@ def model_to_exact() -> float:
         base = gm.model(A, "eps")
         for dst in PARAMETRIZATIONS:
             worst = max(worst, _rel(base.to(B, dst)(z, t).out, gm.model(B, dst)(z, t).out))
+    return worst
+
+
+
+# ---- flow maps (two-time models) ---------------------------------------------------------------
+def _flow_processes() -> dict[str, P.Process]:
+    return {"FlowMatching": P.FlowMatching(), "VP.linear": P.VP.linear(), "EDM": P.EDM()}
+
+
+def _exact_flow_map(process: P.Process, tol: float = 1e-10):
+    """The oracle's flow map by an accurate solve (float64), with its one-time model."""
+    model = oracle().model(process, "x0")
+    return integrated(model, tol), model
+
+
+def _flow_times(process: P.Process) -> tuple[float, float, float]:
+    """A start t, a middle u and an end s of the process's sampling range (t > u > s)."""
+    start, end = sample_range(process)
+    lam = process.log_snr(torch.tensor([start, end], dtype=torch.float64)).clamp(-8.0, 8.0)
+    t, u, s = (float(process.t_from_log_snr(lam[0] + f * (lam[1] - lam[0]))) for f in (0.1, 0.5, 0.9))
+    return t, u, s
+
+
+@claim("flow map: X_{t->t} = id, semigroup X_{u->s}(X_{t->u}) == X_{t->s}", "oracle, dopri5 1e-10; FlowMatching, VP.linear, EDM", 1e-8)
+def flow_map_semigroup() -> float:
+    z = 2 * _noise(16, 2, 11)
+    worst = 0.0
+    for p in _flow_processes().values():
+        X, _ = _exact_flow_map(p)
+        t, u, s = _flow_times(p)
+        zt = z * float(p.sigma(torch.tensor(t, dtype=torch.float64)))
+        worst = max(worst, _max_err(X(zt, t, t), zt), _rel(X(X(zt, t, u), u, s), X(zt, t, s)))
+    return worst
+
+
+@claim("flow map tangent: d/ds X_{t->s}(z) at s = t == PF-ODE velocity", "oracle, central difference h = 1e-5 (relative to 1 + |v|)", 1e-8)
+def flow_map_tangent() -> float:
+    z = _noise(16, 2, 12)
+    worst = 0.0
+    for p in _flow_processes().values():
+        X, model = _exact_flow_map(p)
+        t, _, _ = _flow_times(p)
+        t = 0.5 * t  # away from the end of the domain, so t + h exists
+        h = 1e-5 * max(1.0, t)
+        zt = z * float(p.sigma(torch.tensor(t, dtype=torch.float64)))
+        diff = (X(zt, t, t + h) - X(zt, t, t - h)) / (2 * h)
+        worst = max(worst, _rel(diff, model(zt, t).velocity))
+    return worst
+
+
+@claim("MeanFlow identity u = v + (s - t) du/dt for the exact average velocity", "oracle; du/dt along trajectories, 4th-order differences", 1e-8)
+def meanflow_identity() -> float:
+    z = _noise(16, 2, 13)
+    worst = 0.0
+    for p in _flow_processes().values():
+        X, model = _exact_flow_map(p)
+        t, _, s = _flow_times(p)
+        t = 0.5 * t
+        h = 1e-3 * max(1.0, t)
+        zt = z * float(p.sigma(torch.tensor(t, dtype=torch.float64)))
+        # u(z_tau, tau, s) along the trajectory through (zt, t), at tau = t + k h
+        xs = X(zt, t, s)
+        u = {k: (xs - X(zt, t, t + k * h)) / (s - t - k * h) for k in (-2, -1, 1, 2)}
+        du = (u[-2] - 8 * u[-1] + 8 * u[1] - u[2]) / (12 * h)
+        u0 = (xs - zt) / (s - t)
+        worst = max(worst, _rel(u0, model(zt, t).velocity + (s - t) * du))
+    return worst
+
+
+@claim("consistency function f(z_t, t) = X_{t->t_end}(z_t) is constant along trajectories", "oracle; f at 3 times of one trajectory", 1e-8)
+def consistency_along_trajectories() -> float:
+    z = _noise(16, 2, 14)
+    worst = 0.0
+    for p in _flow_processes().values():
+        X, _ = _exact_flow_map(p)
+        t, u, s = _flow_times(p)
+        zt = z * float(p.sigma(torch.tensor(t, dtype=torch.float64)))
+        f_t = X.consistency(zt, t)
+        for tau in (u, s):
+            worst = max(worst, _rel(X.consistency(X(zt, t, tau), tau), f_t))
+    return worst
+
+
+@claim("FlowMap.to(B) == the flow map computed on B", "oracle; FlowMatching <-> VP.linear, FlowMatching -> EDM", 1e-10)
+def flow_map_to_exact() -> float:
+    z = _noise(16, 2, 15)
+    maps = {name: _exact_flow_map(p)[0] for name, p in _flow_processes().items()}
+    worst = 0.0
+    for a, b in (("FlowMatching", "VP.linear"), ("VP.linear", "FlowMatching"), ("FlowMatching", "EDM")):
+        XA, XB = maps[a], maps[b]
+        t, _, s = _flow_times(XB.process)
+        zt = z * float(XB.process.sigma(torch.tensor(t, dtype=torch.float64)))
+        worst = max(worst, _rel(XA.to(XB.process)(zt, t, s), XB(zt, t, s)))
     return worst
 
 

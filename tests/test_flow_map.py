@@ -1,0 +1,195 @@
+"""Two-time models (unigen.flow_map) and their few-step samplers (unigen.flow_map_samplers).
+
+References: the closed-form flow of Gaussian data (``GaussianMixture.exact_ode_solution``), the
+accurate PF-ODE solve of ``unigen.reference``, finite differences and forward-mode autograd,
+and the oracle's own one-time model. The identities of the exact map (semigroup, tangent,
+MeanFlow, consistency, process change) are ``unigen verify`` claims (unigen/verify.py), which
+tests/test_cli.py runs with every other claim.
+"""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+import unigen as ug
+from unigen.flow_map import FLOW_MAP_PARAMETRIZATIONS, FlowMap, integrated
+from unigen.flow_map_samplers import FLOW_MAP_SAMPLERS, ConsistencySampler, GammaSampler
+
+GAUSS = ug.analytic.GaussianMixture(torch.tensor([[1.0, -0.5]]), torch.tensor([0.7]))
+
+
+def _noise(n=8, d=2, seed=0):
+    return torch.randn(n, d, generator=torch.Generator().manual_seed(seed))
+
+
+@pytest.mark.parametrize("process", [ug.FlowMatching(), ug.VP.linear(), ug.VE(), ug.EDM()], ids=repr)
+def test_integrated_map_is_the_closed_form_gaussian_flow(process):
+    model = GAUSS.model(process, "velocity")
+    X = integrated(model, 1e-11)
+    start, end = model.default_range()
+    z = _noise() * float(process.sigma(torch.tensor(start)))
+    for t, s in ((start, end), (0.6 * start, 0.3 * start), (0.3 * start, 0.6 * start)):  # backwards too
+        assert torch.allclose(X(z, t, s), GAUSS.exact_ode_solution(z, t, s, process), rtol=0, atol=1e-9)
+    # per-sample times in one solve: each row its own (t, s)
+    t = torch.linspace(0.9, 0.4, 8) * start
+    s = torch.linspace(0.1, 0.35, 8) * start
+    exact = torch.stack([GAUSS.exact_ode_solution(z[i : i + 1], float(t[i]), float(s[i]), process)[0] for i in range(8)])
+    assert torch.allclose(X(z, t, s), exact, rtol=0, atol=1e-9)
+    assert X.tangent() is model and X.nfe > 0
+
+
+def test_integrated_map_lands_on_zero_noise_for_an_x0_model():
+    """An x0 output does not give the velocity at sigma = 0: the solve lands on x0_hat (as the reference)."""
+    gm = ug.analytic.ring_mixture()
+    model = gm.model(ug.FlowMatching(), "x0")
+    z = _noise(16, seed=1)
+    ref, _ = ug.reference.ode_endpoint(model, z, 1.0, 0.0, tol=1e-10)
+    assert torch.allclose(integrated(model, 1e-10)(z, 1.0, 0.0), ref, rtol=0, atol=1e-7)
+
+
+def _two_time_net(seed=0, dim=2):
+    torch.manual_seed(seed)
+    net = torch.nn.Sequential(torch.nn.Linear(dim + 2, 32), torch.nn.SiLU(), torch.nn.Linear(32, dim)).to(torch.float32)
+
+    def fn(z, t, s, label=None):
+        b = z.shape[0]
+        col = lambda v: (v.expand(b) if v.ndim == 0 else v).reshape(b, 1)  # noqa: E731
+        out = net(torch.cat([z, col(t), col(s)], 1))
+        return out if label is None else out + label.reshape(b, 1)
+
+    return fn, net
+
+
+@pytest.mark.parametrize("parametrization", sorted(FLOW_MAP_PARAMETRIZATIONS))
+def test_parametrizations_identity_and_tangent_of_a_network(parametrization):
+    fn, net = _two_time_net()
+    fm = FlowMap(fn, ug.VP.linear(), parametrization, dtype=torch.float32)
+    z = _noise(6, seed=2)
+    t = torch.tensor(0.6)
+    if FLOW_MAP_PARAMETRIZATIONS[parametrization].identity_at_equal_times:
+        assert torch.allclose(fm(z, t, t), z, atol=1e-6)
+    # the tangent model's velocity against a central difference of the map (float32 network)
+    h = 1e-3
+    fd = (fm(z, t, t + h) - fm(z, t, t - h)) / (2 * h)
+    v = fm.tangent()(z, t).velocity
+    assert torch.allclose(v, fd, rtol=1e-3, atol=2e-3), (v - fd).abs().max()
+
+
+def test_endpoint_tangent_is_forward_mode_derivative_in_float64():
+    fn, net = _two_time_net()
+    net.double()
+    fm = FlowMap(fn, ug.FlowMatching(), "endpoint")
+    z, t, h = _noise(5, seed=3), torch.tensor(0.4), 1e-6
+    fd = (fm(z, t, t + h) - fm(z, t, t - h)) / (2 * h)
+    assert torch.allclose(fm.tangent()(z, t).velocity, fd, rtol=0, atol=1e-8)
+
+
+def test_to_moves_a_network_map_and_its_tangent_between_processes():
+    fn, net = _two_time_net()
+    net.double()
+    fm = FlowMap(fn, ug.FlowMatching(), "average_velocity")
+    vp = ug.VP.linear()
+    moved = fm.to(vp)
+    z, t, s = _noise(5, seed=4), torch.tensor(0.7), torch.tensor(0.2)
+    t_fm, c_t = ug.process.time_change(vp, ug.FlowMatching(), t)
+    s_fm, c_s = ug.process.time_change(vp, ug.FlowMatching(), s)
+    assert torch.allclose(moved(z, t, s), fm(z * c_t, t_fm, s_fm) / c_s, rtol=0, atol=1e-12)
+    # its tangent is the source tangent moved by Model.to
+    assert torch.allclose(moved.tangent()(z, t).x0, fm.tangent().to(vp)(z, t).x0, rtol=0, atol=1e-12)
+
+
+# ---- samplers -----------------------------------------------------------------------------
+def test_samplers_are_registered_and_sample_dispatches_on_flow_maps():
+    assert {"FlowMapJump", "ConsistencySampler", "GammaSampler"} <= set(FLOW_MAP_SAMPLERS)
+    model = GAUSS.model(ug.FlowMatching(), "velocity")
+    X = integrated(model, 1e-10)
+    z = _noise(32, seed=5)
+    exact = GAUSS.exact_ode_solution(z, 1.0, 0.0, ug.FlowMatching())
+    for steps in (1, 3):
+        x, info = ug.sample(X, noise=z, steps=steps)  # default sampler: FlowMapJump
+        assert info.nfe == steps and "FlowMapJump" in info.solver
+        assert torch.allclose(x, exact, rtol=0, atol=1e-8)
+    x, info = ug.sample(X, "ConsistencySampler", steps=1, noise=z)
+    assert torch.allclose(x, exact, rtol=0, atol=1e-8)
+
+
+@pytest.mark.parametrize("sampler", [ConsistencySampler(), GammaSampler(0.5)], ids=repr)
+def test_stochastic_samplers_keep_the_marginals_with_the_exact_map(sampler):
+    """With the exact map re-noising draws from the forward transition: the samples' mean and
+    covariance match the Gaussian data within Monte-Carlo error (4 sigma), 3 steps."""
+    process = ug.VP.linear()
+    X = integrated(GAUSS.model(process, "eps"), 1e-8)
+    n = 4000
+    x, info = ug.sample(X, sampler, steps=3, shape=(n, 2), generator=torch.Generator().manual_seed(6))
+    assert info.nfe == 3
+    mean, std = torch.tensor([1.0, -0.5]), 0.7
+    se = std / n**0.5
+    assert (x.mean(0) - mean).abs().max() < 4 * se
+    var = x.var(0)
+    assert (var - std**2).abs().max() < 4 * std**2 * (2 / n) ** 0.5
+
+
+def test_gamma_sampler_ends_are_the_other_samplers():
+    fn, net = _two_time_net()
+    fm = FlowMap(fn, ug.EDM(), "x0", dtype=torch.float32)
+    z = _noise(8, seed=7) * 80
+    jump, _ = ug.sample(fm, "FlowMapJump", steps=3, noise=z)
+    g0, _ = ug.sample(fm, GammaSampler(0.0), steps=3, noise=z, generator=torch.Generator().manual_seed(1))
+    assert torch.equal(jump, g0)
+    c, _ = ug.sample(fm, "ConsistencySampler", steps=3, noise=z, generator=torch.Generator().manual_seed(1))
+    g1, _ = ug.sample(fm, GammaSampler(1.0), steps=3, noise=z, generator=torch.Generator().manual_seed(1))
+    assert torch.equal(c, g1)
+
+
+def test_conditioning_float32_network_trajectory_and_callback():
+    fn, net = _two_time_net()
+    fm = FlowMap(fn, ug.FlowMatching(), "average_velocity", dtype=torch.float32)
+    label = torch.arange(4, dtype=torch.float32)
+    seen = []
+    x, info = ug.sample(fm, "FlowMapJump", steps=2, shape=(4, 2), dtype=torch.float32, model_kwargs={"label": label},
+                        return_trajectory=True, callback=lambda i, t, z: seen.append(i), generator=torch.Generator().manual_seed(0))
+    x0, _ = ug.sample(fm, "FlowMapJump", steps=2, shape=(4, 2), dtype=torch.float32, generator=torch.Generator().manual_seed(0))
+    assert x.dtype == torch.float32 and info.nfe == 2 and seen == [0, 1] and len(info.trajectory) == 3
+    assert not torch.allclose(x, x0)  # the label reached the network
+    x64, _ = ug.sample(fm, steps=2, noise=torch.randn(4, 2, dtype=torch.float64))  # float64 noise, float32 net
+    assert x64.dtype == torch.float64 and torch.isfinite(x64).all()
+    undeclared = FlowMap(fn, ug.FlowMatching(), "average_velocity")  # a closure: no parameters to read the dtype from
+    with pytest.raises(TypeError, match=r"declare the dtype it computes in, FlowMap\(\.\.\., dtype=torch.float32\)"):
+        ug.sample(undeclared, noise=torch.randn(4, 2, dtype=torch.float64))
+
+
+# ---- bad input ----------------------------------------------------------------------------
+def test_bad_input_is_refused_clearly():
+    fn, _ = _two_time_net()
+    fm = FlowMap(fn, ug.FlowMatching(), dtype=torch.float32)
+    z = torch.zeros(3, 2)
+    with pytest.raises(ValueError, match="unknown flow-map parametrization 'velocity'"):
+        FlowMap(fn, ug.FlowMatching(), "velocity")
+    with pytest.raises(TypeError, match="fn must be callable"):
+        FlowMap(3, ug.FlowMatching())
+    with pytest.raises(TypeError, match="process must be a unigen Process"):
+        FlowMap(fn, "fm")
+    with pytest.raises(ValueError, match="t must lie in"):
+        fm(z, 1.5, 0.0)
+    with pytest.raises(ValueError, match=r"s must have shape \[\] or \[batch\]"):
+        fm(z, 0.5, torch.zeros(2))
+    with pytest.raises(ValueError, match="non-finite"):
+        fm(torch.full((3, 2), float("nan")), 0.5, 0.0)
+    with pytest.raises(ValueError, match="unknown flow-map sampler 'DDIM'"):
+        ug.sample(fm, "DDIM", shape=(3, 2))
+    with pytest.raises(ValueError, match="denoise_final"):
+        ug.sample(fm, shape=(3, 2), denoise_final=True)
+    with pytest.raises(ValueError, match="tuned to a one-time model"):
+        ug.sample(fm, schedule="optimized", shape=(3, 2))
+    with pytest.raises(ValueError, match="gamma must be a number in"):
+        GammaSampler(1.5)
+    with pytest.raises(TypeError, match="model must be a unigen Model"):
+        integrated(fm)
+    with pytest.raises(ValueError, match="tol must be"):
+        integrated(GAUSS.model(ug.FlowMatching(), "eps"), 0)
+    with pytest.raises(TypeError, match="model must be a unigen Model or FlowMap"):
+        ug.sample(lambda z, t: z, shape=(3, 2))
+    nan_map = FlowMap(lambda z, t, s: z * float("nan"), ug.FlowMatching(), "endpoint")
+    with pytest.raises(FloatingPointError, match="FlowMapJump produced non-finite values at step 0"):
+        ug.sample(nan_map, shape=(3, 2))
