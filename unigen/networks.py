@@ -6,7 +6,9 @@ r"""Toy network bodies and EDM-style preconditioning: a function f(z, c) seen as
   checkpoint can rebuild them;
 * :class:`Preconditioned`: EDM's input/skip/output scaling (Karras et al. 2022, Table 1)
   generalised to every parametrization, and the clipped log-SNR as the network time, so one
-  network body serves every process and output type.
+  network body serves every process and output type;
+* :class:`TwoTimeMLP` (vectors, f(z, c_t, c_s)) and :class:`PreconditionedFlowMap`: the same
+  for the two-time networks of :class:`~unigen.flow_map.FlowMap` (start time t, target time s).
 """
 
 from __future__ import annotations
@@ -18,7 +20,8 @@ from torch import Tensor, nn
 
 from .parametrization import PathCoefficients, check_parametrization, input_convention, output_coefficients
 
-__all__ = ["FourierEmbedding", "MLP", "TinyConvNet", "NETWORKS", "Preconditioned"]
+__all__ = ["FourierEmbedding", "MLP", "TinyConvNet", "TwoTimeMLP", "NETWORKS", "Preconditioned", "PreconditionedFlowMap",
+           "FLOW_MAP_TIME_INPUTS", "snr_time"]
 
 
 class FourierEmbedding(nn.Module):
@@ -124,7 +127,48 @@ class TinyConvNet(nn.Module):
         return self.head(self.act(h))
 
 
-NETWORKS = {"MLP": MLP, "TinyConvNet": TinyConvNet}
+class TwoTimeMLP(nn.Module):
+    """f(z, c_t, c_s) for z of shape [B, *event] (flattened) and per-sample scalars c_t, c_s:
+    the two-time body of a flow map (t the start, s the target time).
+
+    As :class:`MLP`, but every hidden layer sees the embeddings of c_t, of c_s and of the gap
+    c_t - c_s (each :class:`FourierEmbedding`, or the scalar alone with
+    ``time_embedding="linear"``): MeanFlow (Geng et al. 2025) found conditioning on the gap
+    as well as on one end to train better than the two ends alone.
+    """
+
+    def __init__(self, dim, hidden: int = 128, depth: int = 3, time_embedding: str = "fourier", n_freq: int = 16):
+        super().__init__()
+        event = (int(dim),) if isinstance(dim, int) else tuple(int(d) for d in dim)
+        if not event or any(d < 1 for d in event):
+            raise ValueError(f"dim must be a positive integer or event shape, got {dim!r}")
+        for name, v in (("hidden", hidden), ("depth", depth)):
+            if isinstance(v, bool) or not isinstance(v, int) or v < 1:
+                raise ValueError(f"{name} must be a positive integer, got {v!r}")
+        if time_embedding not in ("fourier", "linear"):
+            raise ValueError(f"unknown time_embedding {time_embedding!r}; valid values are fourier, linear")
+        self.event_shape = event
+        self.config = {"kind": "TwoTimeMLP", "dim": list(event), "hidden": hidden, "depth": depth,
+                       "time_embedding": time_embedding, "n_freq": n_freq}
+        d = math.prod(event)
+        self.embed = FourierEmbedding(n_freq if time_embedding == "fourier" else 0)
+        e = 3 * self.embed.out_dim
+        self.layers = nn.ModuleList([nn.Linear((d if i == 0 else hidden) + e, hidden) for i in range(depth)])
+        self.out = nn.Linear(hidden, d)
+        self.act = nn.SiLU()
+        _kaiming(self.layers)
+
+    def forward(self, z: Tensor, c_t: Tensor, c_s: Tensor) -> Tensor:
+        b = z.shape[0]
+        ct, cs = _per_sample(c_t, b, z), _per_sample(c_s, b, z)
+        emb = torch.cat([self.embed(ct), self.embed(cs), self.embed(ct - cs)], 1)
+        h = z.reshape(b, -1)
+        for layer in self.layers:
+            h = self.act(layer(torch.cat([h, emb], 1)))
+        return self.out(h).reshape(z.shape)
+
+
+NETWORKS = {"MLP": MLP, "TinyConvNet": TinyConvNet, "TwoTimeMLP": TwoTimeMLP}
 
 
 class Preconditioned(nn.Module):
@@ -199,3 +243,107 @@ class Preconditioned(nn.Module):
             c_skip = ((a * alpha * sd2 + bb * sigma) / n2).reshape(shape)
             out = out + c_skip * z
         return out
+
+
+# ---------------------------------------------------------------------------------------
+# flow maps: two-time preconditioning
+# ---------------------------------------------------------------------------------------
+def snr_time(process, t: Tensor) -> Tensor:
+    r"""The bounded network time c(t) = (alpha_t - sigma_t)/(alpha_t + sigma_t) = tanh(lam/4)
+    (lam the log-SNR log alpha^2/sigma^2), in [-1, 1] on every process.
+
+    For flow matching c = 1 - 2t exactly; for EDM (1 - sigma)/(1 + sigma). Unlike the clipped
+    log-SNR it is smooth with a bounded derivative at both ends of flow matching and EDM, which
+    matters to the losses that differentiate the network in time (sCM, MeanFlow, the Eulerian
+    and Lagrangian self-distillation: a JVP with tangent 1 in t multiplies the network's time
+    derivative by dc/dt, and d lam/dt is infinite at zero noise)."""
+    a, s = process.alpha(t), process.sigma(t)
+    return (a - s) / (a + s)
+
+
+FLOW_MAP_TIME_INPUTS = ("snr", "logsnr")
+
+
+class PreconditionedFlowMap(nn.Module):
+    r"""A two-time body ``net(z, c_t, c_s)`` seen as the output of a
+    :class:`~unigen.flow_map.FlowMap` in ``parametrization`` for ``process``: ``fn(z, t, s)``.
+
+    With s_d the data scale and n_t^2 = alpha_t^2 s_d^2 + sigma_t^2 (the marginal scale at t for
+    data x ~ N(0, s_d^2)), the network sees c_in z = z / n_t and the network times c(t), c(s)
+    (``time_input="snr"``: :func:`snr_time`, bounded and smooth; ``"logsnr"``: the clipped
+    log-SNR lam/lam_clip of :class:`Preconditioned`). The output is a skip term plus a scaled
+    network output, chosen so that F has unit-scale input and target:
+
+    ==================  ============================================  =========================
+    parametrization     skip                                          c_out
+    ==================  ============================================  =========================
+    average_velocity    the velocity's c_skip(t) z (best linear       std of v - c_skip z at t
+                        predictor of v at s = t)
+    x0                  alpha_t s_d^2 / n_t^2 z (E[x|z] for Gaussian   sigma_t s_d / n_t
+                        data)
+    endpoint            (n_s / n_t) z (the exact map for Gaussian      n_s
+                        data)
+    displacement        (n_s / n_t - 1) z                              n_s (c(s) - c(t)): zero at s = t
+    ==================  ============================================  =========================
+
+    All coefficients are smooth functions of t and s (forward-mode differentiable), and the
+    average_velocity and x0 rows equal :class:`Preconditioned`'s at s = t.
+    """
+
+    def __init__(self, net: nn.Module, process, parametrization: str = "average_velocity", sigma_data: float = 1.0,
+                 time_input: str = "snr", lam_clip: float = 20.0):
+        super().__init__()
+        if not isinstance(net, nn.Module):
+            raise TypeError(f"net must be a torch.nn.Module f(z, c_t, c_s), got {type(net).__name__}")
+        if parametrization not in ("average_velocity", "x0", "endpoint", "displacement"):
+            raise ValueError(f"unknown flow-map parametrization {parametrization!r}; valid names are "
+                             "average_velocity, x0, endpoint, displacement")
+        if not (isinstance(sigma_data, (int, float)) and math.isfinite(sigma_data) and sigma_data > 0):
+            raise ValueError(f"sigma_data must be a positive number, got {sigma_data!r}")
+        if time_input not in FLOW_MAP_TIME_INPUTS:
+            raise ValueError(f"unknown time_input {time_input!r}; valid values are {', '.join(FLOW_MAP_TIME_INPUTS)}")
+        self.net = net
+        self.process = process
+        self.parametrization = parametrization
+        self.sigma_data, self.time_input, self.lam_clip = float(sigma_data), time_input, float(lam_clip)
+        es = getattr(net, "event_shape", None)
+        if es is not None:
+            self.event_shape = tuple(es)
+
+    def config(self) -> dict:
+        return {"parametrization": self.parametrization, "sigma_data": self.sigma_data,
+                "time_input": self.time_input, "lam_clip": self.lam_clip}
+
+    def _net_time(self, t: Tensor) -> Tensor:
+        if self.time_input == "snr":
+            return snr_time(self.process, t)
+        lam = self.process.log_snr(t)
+        return torch.clamp(torch.nan_to_num(lam, nan=0.0), -self.lam_clip, self.lam_clip) / self.lam_clip
+
+    def forward(self, z: Tensor, t: Tensor, s: Tensor) -> Tensor:
+        b = z.shape[0]
+        t, s = _per_sample(t, b, z), _per_sample(s, b, z)
+        shape = (b,) + (1,) * (z.ndim - 1)
+        sd, sd2 = self.sigma_data, self.sigma_data**2
+        p = self.process
+        at, st = p.alpha(t), p.sigma(t)
+        nt = torch.sqrt(at * at * sd2 + st * st)
+        if self.parametrization == "average_velocity":
+            dat, dst = p.d_alpha(t), p.d_sigma(t)
+            skip = (dat * at * sd2 + dst * st) / (nt * nt)
+            c_out = torch.abs(dat * st - dst * at) * sd / nt
+        elif self.parametrization == "x0":
+            skip = at * sd2 / (nt * nt)
+            c_out = st * sd / nt
+        else:
+            a_s, s_s = p.alpha(s), p.sigma(s)
+            ns = torch.sqrt(a_s * a_s * sd2 + s_s * s_s)
+            if self.parametrization == "displacement":  # out = 0 at s = t: X_{t->t} = id exactly
+                skip = ns / nt - 1.0
+                c_out = ns * (self._net_time(s) - self._net_time(t)) if self.time_input == "snr" else ns * (s - t)
+            else:
+                skip, c_out = ns / nt, ns
+        p0 = next(self.net.parameters(), None)
+        dt = p0.dtype if p0 is not None else z.dtype
+        f = self.net((z / nt.reshape(shape)).to(dt), self._net_time(t).to(dt), self._net_time(s).to(dt)).to(z.dtype)
+        return skip.reshape(shape) * z + c_out.reshape(shape) * f
