@@ -591,7 +591,8 @@ class OneStepGenerator:
     def __call__(self, noise: Tensor) -> Tensor:
         if not isinstance(noise, Tensor) or not noise.is_floating_point() or noise.ndim < 2:
             raise ValueError("noise must be a floating tensor [N, *event] of standard normal draws")
-        return self.generate(noise)
+        with torch.no_grad():
+            return self.generate(noise)
 
     def generate(self, noise: Tensor) -> Tensor:
         """G(noise) without checks, differentiable (the training path)."""
@@ -626,9 +627,9 @@ class _GeneratorModel(Model):
 
 
 def fit_dmd(teacher: Model, event_shape=None, *, couplings: Couplings | None = None, n_regression: int = 1024,
-            reg_weight: float = 0.25, init: str = "teacher", net: nn.Module | None = None,
-            fake_net: nn.Module | None = None, fake_parametrization: str = "x0", steps: int = 2000,
-            fake_steps: int = 1, batch_size: int = 256, lr: float = 1e-3, fake_lr: float | None = None,
+            reg_weight: float = 0.25, kl_weight: float = 1.0, init: str = "teacher", net: nn.Module | None = None,
+            fake_net: nn.Module | None = None, fake_parametrization: str = "x0", fake: Model | None = None,
+            steps: int = 2000, fake_steps: int = 1, fake_warmup: int = 0, batch_size: int = 256, lr: float = 1e-3, fake_lr: float | None = None,
             noise_range: tuple = (0.02, 0.98), generator: torch.Generator | None = None, dtype=None,
             lr_schedule: str = "cosine", ema: float | None = None, grad_clip: float | None = 1.0,
             log_every: int | None = None) -> OneStepGenerator:
@@ -640,13 +641,19 @@ def fit_dmd(teacher: Model, event_shape=None, *, couplings: Couplings | None = N
         couplings: the regression pairs (eps_ref, x_ref) (:func:`reflow_couplings`); default
             ``n_regression`` accurate teacher solves (none if ``reg_weight`` is 0).
         reg_weight: lambda_reg of the regression loss (the paper's 0.25); 0 = pure distribution matching.
+        kl_weight: the weight of the distribution-matching gradient (1; 0 = the regression alone,
+            an ablation: no fake score is trained then).
         init: ``"teacher"``: the generator and the fake score start as copies of the teacher's
             network (the paper), the generator read as x0_hat at the teacher's start time T;
             ``"fresh"``: new :class:`~unigen.networks.Preconditioned` networks (``net``,
             ``fake_net``; default MLP / TinyConvNet), the generator an x0 network at T.
         fake_parametrization: of a fresh fake-score network.
+        fake: a fake-score :class:`~unigen.model.Model` to use (and train in place, if it has a
+            network and ``fake_steps`` > 0) instead of the ``init`` choice.
         steps: generator updates; ``fake_steps``: fake-score updates (denoising score matching on
-            fresh generator samples, the fake's natural ``unigen.loss``) before each of them.
+            fresh generator samples, the fake's natural ``unigen.loss``) before each of them;
+            ``fake_warmup``: fake-score updates before the first generator update (useful when
+            the fake score starts fresh rather than from the teacher).
         lr, fake_lr: Adam learning rates (fake_lr defaults to lr).
         noise_range: the KL is evaluated at t uniform in this fraction of the teacher's training
             time range (the paper's [0.02 T, 0.98 T]).
@@ -654,12 +661,16 @@ def fit_dmd(teacher: Model, event_shape=None, *, couplings: Couplings | None = N
     Returns a :class:`OneStepGenerator` (``.history``: the total generator loss per step; ``.fake``).
     """
     _check_model(teacher)
-    for name, v in (("steps", steps), ("fake_steps", fake_steps), ("batch_size", batch_size)):
-        _check_int(name, v, 0 if name == "fake_steps" else 1)
+    for name, v in (("steps", steps), ("fake_steps", fake_steps), ("fake_warmup", fake_warmup),
+                    ("batch_size", batch_size)):
+        _check_int(name, v, 0 if name in ("fake_steps", "fake_warmup") else 1)
     if init not in ("teacher", "fresh"):
         raise ValueError(f"init must be 'teacher' or 'fresh', got {init!r}")
-    if not (isinstance(reg_weight, (int, float)) and reg_weight >= 0 and math.isfinite(reg_weight)):
-        raise ValueError(f"reg_weight must be a finite number >= 0, got {reg_weight!r}")
+    for name, v in (("reg_weight", reg_weight), ("kl_weight", kl_weight)):
+        if isinstance(v, bool) or not (isinstance(v, (int, float)) and v >= 0 and math.isfinite(v)):
+            raise ValueError(f"{name} must be a finite number >= 0, got {v!r}")
+    if reg_weight == 0 and kl_weight == 0:
+        raise ValueError("reg_weight and kl_weight are both 0: nothing to train")
     try:
         f_lo, f_hi = (float(v) for v in noise_range)
     except (TypeError, ValueError):
@@ -679,42 +690,62 @@ def fit_dmd(teacher: Model, event_shape=None, *, couplings: Couplings | None = N
         raise ValueError(f"couplings have event shape {couplings.event_shape}, expected {event_shape}")
     process = teacher.process
     t_start = teacher.default_range()[0]
+    fake_given = fake
+    if fake_given is not None:
+        _check_model(fake_given, "fake")
     if init == "teacher":
-        g_model, fake = _copied(teacher), _copied(teacher)
+        g_model = _copied(teacher)
+        fake = fake_given if fake_given is not None else _copied(teacher)
     else:
         scale = _sigma_data(couplings.data) if couplings is not None else 1.0
         g_model = _fresh_model(net, event_shape, process, "x0", scale, gen, dtype)
-        fake = _fresh_model(fake_net, event_shape, process, fake_parametrization, scale, gen, dtype)
+        fake = fake_given if fake_given is not None else _fresh_model(
+            fake_net, event_shape, process, fake_parametrization, scale, gen, dtype)
     result = OneStepGenerator(g_model, t_start, event_shape)
     lo, hi = default_t_range(process)
     lo, hi = max(lo, teacher.t_range[0]), min(hi, teacher.t_range[1])
     t_lo, t_hi = lo + f_lo * (hi - lo), lo + f_hi * (hi - lo)
     g_train = _Trainer([g_model.fn], steps, lr, lr_schedule, ema, grad_clip, "DMD generator loss")
-    f_train = _Trainer([fake.fn], steps * max(fake_steps, 1), fake_lr or lr, lr_schedule, None, grad_clip,
-                       "DMD fake-score loss")
+    fake_updates = fake_steps if kl_weight > 0 else 0
+    f_train = None
+    if fake_updates or (kl_weight > 0 and fake_warmup):
+        if not isinstance(fake.fn, nn.Module):
+            raise ValueError("the fake score has no network to train; pass fake_steps=0 and fake_warmup=0 to keep it fixed")
+        f_train = _Trainer([fake.fn], fake_warmup + steps * fake_updates, fake_lr or lr, lr_schedule, None,
+                           grad_clip, "DMD fake-score loss")
     weighting = NATURAL_WEIGHTING.get(fake.parametrization, fake.parametrization)
     shape = (batch_size,) + event_shape
     start = time.perf_counter()
     fk = 0
-    for k in range(steps):
+
+    def fake_update():
         # the fake score follows the generator's current distribution (denoising score matching)
-        for _ in range(fake_steps):
-            with torch.no_grad():
-                x_fake = result.generate(randn(shape, generator=gen, dtype=dtype))
-            f_train.step(denoising_loss(fake, x_fake, weighting=weighting, generator=gen), fk)
-            fk += 1
-        # the generator: the KL gradient (mu_fake - mu_real) D / ||x - mu_real||_1 at noised samples
-        x = result.generate(randn(shape, generator=gen, dtype=dtype))
-        t = _uniform_times(batch_size, t_lo, t_hi, gen, dtype)
-        n = randn(shape, generator=gen, dtype=dtype)
+        nonlocal fk
         with torch.no_grad():
-            xd = x.detach()
-            z = expand_like(process.alpha(t), xd) * xd + expand_like(process.sigma(t), xd) * n
-            mu_real = teacher.predict(z, t).x0
-            mu_fake = fake.predict(z, t).x0
-            norm = (xd - mu_real).flatten(1).abs().mean(1).clamp_min(1e-8)
-            grad = (mu_fake - mu_real) / expand_like(norm, xd)
-        value = 0.5 * (x - (xd - grad)).flatten(1).square().sum(1).mean()
+            x_fake = result.generate(randn(shape, generator=gen, dtype=dtype))
+        f_train.step(denoising_loss(fake, x_fake, weighting=weighting, generator=gen), fk)
+        fk += 1
+
+    for _ in range(fake_warmup if f_train is not None else 0):
+        fake_update()
+    for k in range(steps):
+        for _ in range(fake_updates):
+            fake_update()
+        # the generator: the KL gradient (mu_fake - mu_real) D / ||x - mu_real||_1 at noised samples
+        value = torch.zeros((), dtype=dtype)
+        if kl_weight > 0:
+            x = result.generate(randn(shape, generator=gen, dtype=dtype))
+            t = _uniform_times(batch_size, t_lo, t_hi, gen, dtype)
+            n = randn(shape, generator=gen, dtype=dtype)
+            with torch.no_grad():
+                xd = x.detach()
+                z = expand_like(process.alpha(t), xd) * xd + expand_like(process.sigma(t), xd) * n
+                mu_real = teacher.predict(z, t).x0
+                mu_fake = fake.predict(z, t).x0
+                norm = (xd - mu_real).flatten(1).abs().mean(1).clamp_min(1e-8)
+                grad = (mu_fake - mu_real) / expand_like(norm, xd)
+            # 0.5 ||x - sg(x - grad)||^2 has gradient `grad` with respect to x
+            value = value + kl_weight * 0.5 * (x - (xd - grad)).flatten(1).square().sum(1).mean()
         if couplings is not None and reg_weight > 0:
             idx = torch.randint(0, len(couplings), (batch_size,), generator=gen)
             pred = result.generate(couplings.noise[idx].to(dtype))
@@ -722,7 +753,8 @@ def fit_dmd(teacher: Model, event_shape=None, *, couplings: Couplings | None = N
         g_train.step(value, k)
         _log(log_every, k, steps, g_train.history, "generator loss")
     g_train.finish()
-    f_train.finish()
+    if f_train is not None:
+        f_train.finish()
     result.history = g_train.history
     result.fake = fake
     result.train_seconds = time.perf_counter() - start
