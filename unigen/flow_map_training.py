@@ -109,8 +109,8 @@ def fit_flow_map(
             shape); wrapped in :class:`PreconditionedFlowMap`.
         ema: an EMA decay of the weights for the returned map (e.g. 0.999).
         target_ema: decay of the target network of objectives that use one (default: the
-            objective's ``target_ema``, 0.95 for consistency distillation; None or 0: the
-            stop-gradient of the online weights).
+            objective's ``target_ema``: None, the stop-gradient of the online weights, for
+            all; consistency distillation's paper value is 0.95).
         grad_clip: max gradient norm (None: no clipping).
         lr_schedule: ``"cosine"`` (to 0 at the last step) or ``"constant"``.
         sigma_data: data scale for the preconditioning (default: the data's std).
