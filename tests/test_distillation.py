@@ -3,7 +3,8 @@
 Exact checks against independent references (the closed-form straightness of a Gaussian flow,
 ode_endpoint, two teacher DDIM steps through ug.sample), then tiny float32 training runs on the
 eight-Gaussian ring oracle that must beat the untrained / un-distilled baseline by a stated margin.
-Margins are set at about half the gain measured at these settings (one thread, seed 0).
+Each docstring gives the numbers measured at its settings (one thread, seed 0); the asserted
+margins leave room for platform differences.
 """
 
 import pytest
@@ -135,15 +136,15 @@ def test_dmd_gradient_vanishes_when_fake_equals_real(ring):
 # tiny training runs
 # ---------------------------------------------------------------------------------------
 def test_reflow_straightens_and_buys_one_step_quality(ring):
-    """Measured (300 + 150 steps, hidden 32): S 1.35 (teacher) -> ~0.04 -> ~0.02; NFE-1 SW2
-    1.44 -> ~0.8 -> ~0.6."""
+    """Measured (300 + 150 steps, hidden 32, one thread): S 1.35 (teacher) -> 0.059 -> 0.025;
+    NFE-1 SW2 1.44 -> 0.96 -> 0.78 (noise floor 0.05)."""
     eps = ring["eps"]
     s_teacher = D.straightness(ring["teacher"], eps[:256], tol=1e-7)
     r1 = D.fit_reflow(ring["pairs"], net=_net(), steps=300, lr=3e-3, generator=torch.Generator().manual_seed(0))
     s1 = D.straightness(r1, eps[:256].float(), tol=1e-5)
     q1 = ring["sw2"](ug.sample(r1, "Euler", steps=1, noise=eps.float())[0])
     assert s1 < 0.1 * s_teacher
-    assert q1 < 0.75 * ring["teacher_nfe1"]
+    assert q1 < 0.8 * ring["teacher_nfe1"]
     assert len(r1.history) == 300 and r1.train_seconds > 0
     # round two, on the couplings of round one, fine-tuning its network
     pairs2 = D.reflow_couplings(r1, 1024, (2,), tol=1e-5, dtype=torch.float32, generator=torch.Generator().manual_seed(2))
@@ -155,7 +156,7 @@ def test_reflow_straightens_and_buys_one_step_quality(ring):
 
 
 def test_progressive_distillation_beats_the_teacher_at_half_the_steps(ring):
-    """Two exact-teacher DDIM steps -> one student step: measured SW2 ~0.48 vs the teacher's one-step 1.44."""
+    """Two exact-teacher DDIM steps -> one student step: measured SW2 0.48 vs the teacher's one-step 1.44."""
     mix = ring["mix"]
     out = D.progressive_distillation(ring["teacher"], lambda n, g: mix.sample(n, generator=g, dtype=torch.float32), 2,
                                      init="fresh", net=_net(), train_steps=200, lr=3e-3,
@@ -182,8 +183,8 @@ def test_progressive_distillation_starts_from_the_teacher_weights(ring):
 
 
 def test_dmd_one_step_generator_beats_the_untrained_one(ring):
-    """DMD + regression (150 generator steps, 2 fake steps each, hidden 32): measured SW2 ~0.31
-    against ~1.42 for the untrained generator (and 1.44 for the teacher's one Euler step)."""
+    """DMD + regression (150 generator steps, 2 fake steps each, hidden 32): measured SW2 0.31
+    against 1.52 for the untrained generator (and 1.44 for the teacher's one Euler step)."""
     pairs = D.Couplings(ring["pairs"].noise[:1024], ring["pairs"].data[:1024])
     untrained = D.OneStepGenerator(ug.Model(ug.networks.Preconditioned(_net(), FM, "x0"), FM, "x0"), 1.0)
     q0 = ring["sw2"](untrained(ring["eps"].float()))
