@@ -10,11 +10,33 @@ from unigen import process as P
 from unigen.cli import main
 
 
-def test_verify_passes_and_prints_table(capsys):
+# Every claim of `unigen verify` runs and must pass, one test per claim so that xdist spreads
+# them over its workers (the whole run is over a minute of CPU); the command itself is tested
+# below on the same claim list with the measurement stubbed.
+@pytest.mark.parametrize("name", [c.name for c in V.all_claims()])
+def test_verify_claim_holds(name):
+    claims = [c for c in V.all_claims() if c.name == name]
+    assert len(claims) == 1, f"{len(claims)} claims named {name!r}"
+    (result,) = V.run_claims(claims)
+    assert result.passed, result
+
+
+def test_verify_passes_and_prints_table(monkeypatch, capsys):
+    """`unigen verify` measures every claim of V.all_claims() once, in order, and prints the
+    table and the count; the measurements themselves are test_verify_claim_holds."""
+    measured = []
+
+    def stub(claims):  # the command hands run_claims one claim at a time
+        measured.extend(c.name for c in claims)
+        return [V.Result(c.name, c.setting, 0.0, c.tol, True, 0.0) for c in claims]
+
+    monkeypatch.setattr(V, "run_claims", stub)
     assert main(["verify"]) == 0
     out = capsys.readouterr().out
-    assert "PASS" in out and "FAIL" not in out
-    n = len(V.all_claims())  # the fixed claims and one order claim per registered deterministic solver configuration
+    every = [c.name for c in V.all_claims()]  # the fixed claims and one order claim per registered deterministic solver configuration
+    assert measured == every
+    assert "PASS" in out and "FAIL" not in out and all(name in out for name in every)
+    n = len(every)
     assert f"{n}/{n} claims hold" in out
 
 
@@ -52,20 +74,13 @@ def test_cli_help():
     torch.set_default_dtype(torch.float64)
 
 
-def test_bench_quick_writes_json(tmp_path, capsys):
-    out = tmp_path / "bench.json"
-    assert main(["bench", "--quick", "--samples", "100", "--out", str(out), "--no-plot"]) == 0
-    data = json.loads(out.read_text())
-    assert data["mode"] == "quick" and data["records"]
-    assert any(r["solver"].startswith("DPMSolverPP") for r in data["records"])
-    assert "| solver |" in capsys.readouterr().out
-
-
-def test_bench_quick_optimized_adds_the_calibrated_solver(tmp_path, monkeypatch):
+def test_bench_quick_optimized_adds_the_calibrated_solver(tmp_path, monkeypatch, capsys):
     """The command builds the quick sweep with the calibrated UniPC(3) appended; the sweep itself
     runs at the one budget compared (10) instead of all six: each budget optimises its own grid
     (quick: 40 evaluations on 512 calibration draws per problem and budget), and the budget-10
-    records are the same either way (a budget's run does not depend on the others)."""
+    records are the same either way (a budget's run does not depend on the others).
+    It also checks what `unigen bench --quick` writes (mode, records, table); the plain command
+    at all six budgets runs in docs/tutorials/03-benchmark-nfe-quality.md (tests/test_docs.py)."""
     real, seen = cli.report.run, {}
 
     @functools.wraps(real)  # the same signature: the command passes progress= only when run takes it
@@ -76,9 +91,13 @@ def test_bench_quick_optimized_adds_the_calibrated_solver(tmp_path, monkeypatch)
     monkeypatch.setattr(cli.report, "run", at_budget_10)
     out = tmp_path / "bench.json"
     assert main(["bench", "--quick", "--optimized", "--samples", "100", "--out", str(out), "--no-plot"]) == 0
+    data = json.loads(out.read_text())
+    assert data["mode"] == "quick" and data["records"]
+    assert any(r["solver"].startswith("DPMSolverPP") for r in data["records"])
+    assert "| solver |" in capsys.readouterr().out
     assert seen["kinds"] == ["vp", "fm"] and 10 in seen["budgets"] and len(seen["budgets"]) > 1
     assert seen["labels"][-1] == "UniPC(3), optimized" and "UniPC(3)" in seen["labels"]
-    records = json.loads(out.read_text())["records"]
+    records = data["records"]
     assert {r["problem"] for r in records if r["solver"] == "UniPC(3), optimized"} == {"gmm2-vp", "gmm2-fm"}
     recs = [r for r in records if r.get("budget") == 10 and r["problem"] == "gmm2-vp"]
     rmse = {r["solver"]: r["rmse"] for r in recs}
@@ -227,9 +246,20 @@ def _run_module(*argv):
     return subprocess.run([sys.executable, "-m", "unigen", *argv], capture_output=True, text=True, env=env, timeout=120)
 
 
-def test_python_dash_m_unigen_is_the_unigen_command():
-    proc = _run_module("--help")
-    assert proc.returncode == 0 and "unigen sample" in proc.stdout and "examples:" in proc.stdout
+def test_python_dash_m_unigen_is_the_unigen_command(monkeypatch, capsys):
+    """`python -m unigen` runs unigen/__main__.py: --help through that module here (runpy, as -m
+    runs it), and one fresh `python -m unigen` process for the exit status and the one-line error
+    (one interpreter start instead of two)."""
+    import runpy
+    import sys
+
+    monkeypatch.setattr(sys, "argv", ["unigen", "--help"])
+    with pytest.raises(SystemExit) as e:
+        runpy.run_module("unigen", run_name="__main__", alter_sys=True)
+    assert e.value.code == 0
+    torch.set_default_dtype(torch.float64)  # as test_cli_help: the suite's default, whatever main did
+    out = capsys.readouterr().out
+    assert "unigen sample" in out and "examples:" in out
     proc = _run_module("sample", "--process", "fm", "--param", "eps")  # an error: one line, exit 2
     assert proc.returncode == 2 and proc.stdout == ""
     assert proc.stderr.count("\n") == 1 and proc.stderr.startswith("unigen sample: error: --param eps")
