@@ -112,6 +112,24 @@ def test_karras_times_on_edm_are_karras_levels():
     # flow matching: the same VE levels at equal log-SNR, t = s/(1 + s)
     t_fm = fml.karras_times(FlowMap(lambda z, t, s: z, ug.FlowMatching(), "endpoint"), 18)
     torch.testing.assert_close(t_fm, ref / (1 + ref), rtol=1e-12, atol=0)
+    # consistency distillation's grid reaches the start of sampling (t = 1, level infinity) too
+    full = fml.karras_times(FlowMap(lambda z, t, s: z, ug.FlowMatching(), "endpoint"), 18, include_start=True)
+    assert full.numel() == 19 and float(full[-1]) == 1.0
+    torch.testing.assert_close(full[:-1], t_fm, rtol=0, atol=0)
+    assert fml.karras_times(fm, 18, include_start=True).numel() == 18  # EDM's levels already reach 80
+
+
+def test_grid_pairs_are_the_steps_of_the_sampling_grids():
+    fm = FlowMap(lambda z, t, s: z, ug.VP.linear(), "endpoint")
+    tt = fml.TrainingTimes(fm, torch.float64)
+    t, s = tt.pair(400, torch.Generator().manual_seed(0), grid_fraction=1.0, grid_steps=(1, 2))
+    steps = set()
+    for k in (1, 2):
+        ts = ug.sample(ug.Model(lambda z, t: z, ug.VP.linear()), "DDIM", steps=k, shape=(1, 1))[1].times
+        steps |= {(float(a), float(b)) for a, b in zip(ts[:-1], ts[1:])}
+    assert {(float(a), float(b)) for a, b in zip(t, s)} == steps  # exactly the 3 grid steps, each drawn
+    t0, s0 = tt.pair(400, torch.Generator().manual_seed(0))
+    assert bool((s0 <= t0).all()) and len({float(v) for v in t0}) == 400  # continuous draws otherwise
 
 
 def test_pseudo_huber():

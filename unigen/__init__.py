@@ -3,13 +3,15 @@
 __version__ = "0.1.0"  # first: unigen.cli and unigen.bench.report import it
 
 # every module imports what it needs at its own top, so the order here is only alphabetical
-from . import analytic, calibration, ebm, flow_map, flow_map_samplers, flows, likelihood, losses, solvers, train, tuning, vae
+from . import analytic, calibration, distillation, ebm, flow_map, flow_map_losses, flow_map_samplers, flows, likelihood, losses, solvers, train, tuning, vae
 from ._utils import IncompatibleSolverError, SingularConversionError
 from .analytic import GaussianMixture
 from .calibration import optimize_schedule
 from .compile import compiled_sampler
 from .ebm import EnergyModel, PersistentChains, contrastive_divergence_loss
+from .distillation import fit_dmd, fit_reflow, progressive_distillation, reflow, reflow_couplings, straightness
 from .flow_map import FlowMap, integrated
+from .flow_map_training import fit_flow_map
 from .flow_map_samplers import ConsistencySampler, FlowMapJump, GammaSampler
 from .flows import ContinuousFlow, Flow
 from .likelihood import bits_per_dim, discrete_vlb, log_likelihood
@@ -38,6 +40,15 @@ __all__ = [
     "Model",
     "flow_map",
     "flow_map_samplers",
+    "flow_map_losses",
+    "fit_flow_map",
+    "distillation",
+    "reflow",
+    "reflow_couplings",
+    "fit_reflow",
+    "straightness",
+    "progressive_distillation",
+    "fit_dmd",
     "FlowMap",
     "integrated",
     "FlowMapJump",

@@ -74,7 +74,7 @@ from .process import FlowMatching, Process, time_change
 from .reference import ode_endpoint, ode_trajectory
 from .sample import model_grid, sample
 from .time_samplers import default_t_range
-from .train import NATURAL_WEIGHTING
+from .train import NATURAL_WEIGHTING, resolve_data
 
 __all__ = [
     "Couplings",
@@ -510,7 +510,7 @@ def progressive_distillation(teacher: Model, data, steps: int, rounds: int = 1, 
     if init not in ("teacher", "fresh"):
         raise ValueError(f"init must be 'teacher' or 'fresh', got {init!r}")
     gen = _gen(generator)
-    draw, probe = _data_sampler(data, gen)
+    draw, probe = resolve_data(data, gen)
     grid = model_grid(teacher, schedule if schedule is not None else None, steps)
     if isinstance(schedule, Tensor) and grid.numel() != steps + 1:
         raise ValueError(f"a schedule tensor must hold steps + 1 = {steps + 1} times, got {grid.numel()}")
@@ -546,23 +546,6 @@ def progressive_distillation(teacher: Model, data, steps: int, rounds: int = 1, 
         out.append(DistilledStudent(student, n_student, grid.clone(), trainer.history, time.perf_counter() - start))
         current = student
     return out
-
-
-def _data_sampler(data, gen):
-    if isinstance(data, Tensor):
-        if not data.is_floating_point() or data.ndim < 2 or data.shape[0] < 1:
-            raise ValueError(f"data must be a floating tensor [N, *event], got {tuple(data.shape)} of {data.dtype}")
-        n = data.shape[0]
-        return (lambda b: data[torch.randint(0, n, (b,), generator=gen)]), data[:4096]
-    if callable(data):
-        def draw(b):
-            x = data(b, gen)
-            if not isinstance(x, Tensor) or not x.is_floating_point() or x.ndim < 2 or x.shape[0] != b:
-                raise ValueError("a data sampler data(n, generator) must return a floating tensor [n, *event]")
-            return x
-
-        return draw, draw(1024)
-    raise TypeError(f"data must be a tensor [N, *event] or a sampler data(n, generator), got {type(data).__name__}")
 
 
 # ---------------------------------------------------------------------------------------

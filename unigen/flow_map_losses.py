@@ -47,6 +47,7 @@ from .model import Model
 from .noise import randn
 from .parametrization import PathCoefficients, undetermined_reason
 from .process import FlowMatching, time_change
+from .schedules import default_schedule, make_grid
 from .time_samplers import default_t_range
 
 __all__ = [
@@ -88,6 +89,7 @@ class TrainingTimes:
         self.t_start, self.t_end = (float(v) for v in flow_map.default_range())
         self.t_lo = min(max(default_t_range(self.process)[0], self.t_end), self.t_start)
         self.dtype, self.device = dtype, device
+        self._grids: dict = {}
         self.u_start, self.u_end, self.u_lo = (float(self.to_u(torch.tensor(v, dtype=torch.float64))) for v in
                                                (self.t_start, self.t_end, self.t_lo))
 
@@ -103,16 +105,39 @@ class TrainingTimes:
         lo = self.u_end if lo is None else lo
         return lo + (self.u_start - lo) * torch.rand(n, generator=generator, dtype=self.dtype, device=self.device)
 
-    def pair(self, n: int, generator, diagonal_fraction: float = 0.0) -> tuple[Tensor, Tensor]:
+    def pair(self, n: int, generator, diagonal_fraction: float = 0.0, grid_fraction: float = 0.0,
+             grid_steps: tuple = (1, 2, 4, 8)) -> tuple[Tensor, Tensor]:
         """(t, s), s <= t: t uniform in u over [u_lo, u_start], s uniform in u over [u_end, u(t)];
-        a fraction of the pairs has s = t."""
+        a fraction ``diagonal_fraction`` of the pairs has s = t, and a fraction ``grid_fraction``
+        is a step (t_i, t_{i+1}) of the sampling grids (the process's default schedule over
+        :meth:`FlowMap.default_range`) of ``grid_steps`` steps: the jumps a few-step sampler
+        asks for, which continuous draws reach with probability zero at the start t = t_start."""
         u_t = self.uniform_u(n, generator, self.u_lo)
         u_s = self.u_end + (u_t - self.u_end) * torch.rand(n, generator=generator, dtype=self.dtype, device=self.device)
         if diagonal_fraction > 0:
             eq = torch.rand(n, generator=generator, dtype=self.dtype, device=self.device) < diagonal_fraction
             u_s = torch.where(eq, u_t, u_s)
         t = self.from_u(u_t)
-        return t, torch.minimum(self.from_u(u_s), t)
+        t, s = t, torch.minimum(self.from_u(u_s), t)
+        if grid_fraction > 0:
+            steps = self.grid_steps(grid_steps)
+            pick = torch.randint(0, steps.shape[0], (n,), generator=generator, device=generator.device if generator is not None else None)
+            on_grid = torch.rand(n, generator=generator, dtype=self.dtype, device=self.device) < grid_fraction
+            g = steps[pick.cpu()].to(dtype=self.dtype, device=self.device)
+            t, s = torch.where(on_grid, g[:, 0], t), torch.where(on_grid, g[:, 1], s)
+        return t, s
+
+    def grid_steps(self, counts: tuple) -> Tensor:
+        """Every step (t_i, t_{i+1}) of the default sampling grids of ``counts`` steps: [M, 2], float64."""
+        key = tuple(counts)
+        if key not in self._grids:
+            sched = default_schedule(self.process, self.t_start)
+            rows = []
+            for k in counts:
+                ts = make_grid(self.process, sched, int(k), self.t_start, self.t_end)
+                rows.append(torch.stack([ts[:-1], ts[1:]], 1))
+            self._grids[key] = torch.cat(rows).to(torch.float64)
+        return self._grids[key]
 
 
 def _noise(x: Tensor, generator) -> Tensor:
@@ -208,12 +233,15 @@ def diagonal_loss(flow_map: FlowMap, x: Tensor, eps: Tensor, t: Tensor, teacher:
 # consistency models: discrete (CD, iCT) and continuous (sCM)
 # ---------------------------------------------------------------------------------------
 def karras_times(flow_map: FlowMap, n: int, rho: float = 7.0, sigma_min: float = 0.002, sigma_max: float = 80.0,
-                 dtype=torch.float64, device=None) -> Tensor:
+                 dtype=torch.float64, device=None, include_start: bool = False) -> Tensor:
     r"""The consistency-model discretisation, ascending: n times with VE levels (sigma/alpha)
     sigma_i = (a + (i - 1)/(n - 1) (b - a))^rho, a = sigma_lo^{1/rho}, b = sigma_hi^{1/rho}
     (Karras et al. 2022; Song et al. 2023), mapped to ``flow_map``'s process at equal log-SNR.
     sigma_lo = max(sigma_min, VE level at the end of sampling), sigma_hi = min(sigma_max, VE level
-    at its start) (a process whose start has alpha = 0, as flow matching, is cut at sigma_max)."""
+    at its start) (a process whose start has alpha = 0, as flow matching, is cut at sigma_max).
+    ``include_start`` appends the start of sampling where the levels were cut below it (n + 1
+    times), so that a map trained on the grid is never asked to jump from outside it (flow
+    matching's t = 1, VP's t = 1 at level 157)."""
     if isinstance(n, bool) or not isinstance(n, int) or n < 2:
         raise ValueError(f"the discretisation needs n >= 2 times, got {n!r}")
     proc = flow_map.process
@@ -228,6 +256,8 @@ def karras_times(flow_map: FlowMap, n: int, rho: float = 7.0, sigma_min: float =
     i = torch.arange(n, dtype=torch.float64) / (n - 1)
     sig = (lo ** (1 / rho) + i * (hi ** (1 / rho) - lo ** (1 / rho))) ** rho
     t = proc.t_from_log_snr(-2.0 * torch.log(sig)).clamp(min(t_end, t_start), max(t_end, t_start))
+    if include_start and hi < level(t_start) and float(t[-1]) < t_start:
+        t = torch.cat([t, torch.tensor([float(t_start)], dtype=torch.float64)])
     return t.to(dtype=dtype, device=device)
 
 
@@ -261,8 +291,8 @@ def consistency_distillation_loss(flow_map: FlowMap, x: Tensor, *, teacher: Mode
                                   step: int = 0, steps: int = 1) -> Tensor:
     r"""Consistency distillation (Song, Dhariwal, Chen & Sutskever 2023, "Consistency models", Alg. 2).
 
-    With the discretisation t_1 < ... < t_N (:func:`karras_times`, ``n_steps`` = N), n uniform in
-    {1, ..., N-1} and z = alpha_{t_{n+1}} x + sigma_{t_{n+1}} eps,
+    With the discretisation t_1 < ... < t_N (:func:`karras_times`, ``n_steps`` = N, plus the start
+    of sampling where the levels stop below it), n uniform in {1, ..., N-1} and z = alpha_{t_{n+1}} x + sigma_{t_{n+1}} eps,
 
         L = E d( f_theta(z, t_{n+1}),  sg f_target(z_hat, t_n) ),  z_hat = Phi_teacher(z; t_{n+1} -> t_n)
 
@@ -273,9 +303,9 @@ def consistency_distillation_loss(flow_map: FlowMap, x: Tensor, *, teacher: Mode
     run one-step error 0.44 against 1.96 with mu = 0.95), d the squared L2 (``distance="l2"``, mean over dims) or pseudo-Huber.
     Supports every parametrization (only the consistency function X_{t->t_end} is trained)."""
     teacher = _check_teacher(teacher, flow_map, "consistency_distillation", True)
-    grid = karras_times(flow_map, n_steps, rho, dtype=x.dtype, device=x.device)
+    grid = karras_times(flow_map, n_steps, rho, dtype=x.dtype, device=x.device, include_start=True)
     b = x.shape[0]
-    n = torch.randint(0, n_steps - 1, (b,), generator=generator, device=generator.device if generator is not None else None).to(x.device)
+    n = torch.randint(0, grid.numel() - 1, (b,), generator=generator, device=generator.device if generator is not None else None).to(x.device)
     t_hi, t_lo = grid[n + 1], grid[n]
     eps = _noise(x, generator)
     z = _noised(flow_map.process, x, eps, t_hi)
@@ -417,7 +447,7 @@ def meanflow_loss(flow_map: FlowMap, x: Tensor, *, generator=None, teacher: Mode
 # ---------------------------------------------------------------------------------------
 def lagrangian_loss(flow_map: FlowMap, x: Tensor, *, generator=None, teacher: Model | None = None,
                     diagonal_weight: float = 1.0, target: FlowMap | None = None, step: int = 0,
-                    steps: int = 1) -> Tensor:
+                    steps: int = 1, grid_fraction: float = 0.0) -> Tensor:
     r"""Lagrangian self-distillation, LSD (Boffi, Albergo & Vanden-Eijnden 2025, "How to build a
     consistency model: learning flow maps via self-distillation").
 
@@ -435,7 +465,7 @@ def lagrangian_loss(flow_map: FlowMap, x: Tensor, *, generator=None, teacher: Mo
     Supports every parametrization."""
     teacher = _check_teacher(teacher, flow_map, "lagrangian", False)
     tt = TrainingTimes(flow_map, x.dtype, x.device)
-    t, s = tt.pair(x.shape[0], generator)
+    t, s = tt.pair(x.shape[0], generator, grid_fraction=grid_fraction)
     s = s.clamp_min(tt.t_lo)  # v(., s) is evaluated: stay where every parametrization gives a velocity
     eps = _noise(x, generator)
     z = _noised(flow_map.process, x, eps, t)
@@ -449,7 +479,7 @@ def lagrangian_loss(flow_map: FlowMap, x: Tensor, *, generator=None, teacher: Mo
 
 def eulerian_loss(flow_map: FlowMap, x: Tensor, *, generator=None, teacher: Model | None = None,
                   diagonal_weight: float = 1.0, target: FlowMap | None = None, step: int = 0,
-                  steps: int = 1) -> Tensor:
+                  steps: int = 1, grid_fraction: float = 0.0) -> Tensor:
     r"""Eulerian self-distillation, ESD (Boffi, Albergo & Vanden-Eijnden 2025).
 
     The map is constant along the flow in its start time: d/dt X_{t->s}(z_t) =
@@ -467,7 +497,7 @@ def eulerian_loss(flow_map: FlowMap, x: Tensor, *, generator=None, teacher: Mode
     Supports every parametrization."""
     teacher = _check_teacher(teacher, flow_map, "eulerian", False)
     tt = TrainingTimes(flow_map, x.dtype, x.device)
-    t, s = tt.pair(x.shape[0], generator)
+    t, s = tt.pair(x.shape[0], generator, grid_fraction=grid_fraction)
     eps = _noise(x, generator)
     z = _noised(flow_map.process, x, eps, t)
     v = _velocity(_target_map(flow_map, target), teacher, z, t)
@@ -480,7 +510,7 @@ def eulerian_loss(flow_map: FlowMap, x: Tensor, *, generator=None, teacher: Mode
 
 def progressive_loss(flow_map: FlowMap, x: Tensor, *, generator=None, teacher: Model | None = None,
                      diagonal_weight: float = 1.0, target: FlowMap | None = None, step: int = 0,
-                     steps: int = 1) -> Tensor:
+                     steps: int = 1, grid_fraction: float = 0.0) -> Tensor:
     r"""Progressive self-distillation, PSD (Boffi, Albergo & Vanden-Eijnden 2025).
 
     The semigroup law: a jump t -> s equals two jumps through an intermediate time
@@ -497,7 +527,7 @@ def progressive_loss(flow_map: FlowMap, x: Tensor, *, generator=None, teacher: M
     Supports every parametrization."""
     teacher = _check_teacher(teacher, flow_map, "progressive", False)
     tt = TrainingTimes(flow_map, x.dtype, x.device)
-    t, s = tt.pair(x.shape[0], generator)
+    t, s = tt.pair(x.shape[0], generator, grid_fraction=grid_fraction)
     gamma = torch.rand(x.shape[0], generator=generator, dtype=x.dtype,
                        device=generator.device if generator is not None else None).to(x.device)
     m = s + gamma * (t - s)
@@ -606,7 +636,8 @@ def teacher_solve(teacher: Model, z: Tensor, t: Tensor, s: Tensor, steps: int | 
 
 
 def flow_map_matching_loss(flow_map: FlowMap, x: Tensor, *, teacher: Model, generator=None,
-                           teacher_steps: int | None = 8, target=None, step: int = 0, steps: int = 1) -> Tensor:
+                           teacher_steps: int | None = 8, target=None, step: int = 0, steps: int = 1,
+                           grid_fraction: float = 0.0) -> Tensor:
     r"""Flow map matching by teacher regression (Boffi, Albergo & Vanden-Eijnden 2024, "Flow map
     matching", the distillation form): with z = z_t and (t, s), s <= t,
 
@@ -614,10 +645,12 @@ def flow_map_matching_loss(flow_map: FlowMap, x: Tensor, *, teacher: Model, gene
 
     the teacher's map by :func:`teacher_solve` (``teacher_steps`` RK4 steps; None: the accurate
     dopri5 solve, ~400 teacher calls). The baseline of the self-distillation objectives.
+    ``grid_fraction``: the share of (t, s) pairs that are steps of the few-step sampling grids
+    (:meth:`TrainingTimes.pair`; also an option of the Lagrangian, Eulerian and progressive losses).
     Supports every parametrization."""
     teacher = _check_teacher(teacher, flow_map, "flow_map_matching", True)
     tt = TrainingTimes(flow_map, x.dtype, x.device)
-    t, s = tt.pair(x.shape[0], generator)
+    t, s = tt.pair(x.shape[0], generator, grid_fraction=grid_fraction)
     eps = _noise(x, generator)
     z = _noised(flow_map.process, x, eps, t)
     tgt = teacher_solve(teacher, z, t, s, teacher_steps)

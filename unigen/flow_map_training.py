@@ -17,53 +17,18 @@ import time
 from typing import Callable
 
 import torch
-from torch import Tensor, nn
+from torch import nn
 
 from .flow_map import FlowMap, check_flow_map_parametrization
 from .flow_map_losses import get_objective
 from .model import Model
 from .networks import PreconditionedFlowMap, TwoTimeMLP
 from .process import Process
-from .toy_data import DATASETS
+from .train import resolve_data
 
-__all__ = ["fit_flow_map", "resolve_data"]
+__all__ = ["fit_flow_map"]
 
 _DEFAULT = object()
-
-
-def resolve_data(data, generator: torch.Generator):
-    """(draw(batch) -> Tensor, probe batch) for data given as a tensor [N, *event] (drawn with
-    replacement), a name from ``DATASETS``, or a sampler ``data(n, generator)``."""
-    if isinstance(data, str):
-        if data not in DATASETS:
-            raise ValueError(f"unknown dataset {data!r}; valid names are {', '.join(DATASETS)}")
-        data = DATASETS[data]
-    if isinstance(data, Tensor):
-        if not data.is_floating_point():
-            raise TypeError(f"data must be a floating tensor [N, *event], got dtype {data.dtype}")
-        if data.ndim < 2 or data.shape[0] < 1:
-            raise ValueError(f"data must have shape [N, *event] with N >= 1, got {tuple(data.shape)}")
-        if not bool(torch.isfinite(data).all()):
-            raise ValueError("data contains non-finite values")
-        n = data.shape[0]
-
-        def draw(b):
-            return data[torch.randint(0, n, (b,), generator=generator, device=generator.device).to(data.device)]
-
-        return draw, data[: min(n, 4096)]
-    if callable(data):
-        def draw(b):
-            x = data(b, generator)
-            if not isinstance(x, Tensor) or not x.is_floating_point() or x.ndim < 2 or x.shape[0] != b:
-                got = tuple(x.shape) if isinstance(x, Tensor) else type(x).__name__
-                raise ValueError(f"a data sampler data(n, generator) must return a floating tensor [n, *event], got {got} for n={b}")
-            return x
-
-        probe = draw(4096)
-        if not bool(torch.isfinite(probe).all()):
-            raise ValueError("the data sampler returned non-finite values")
-        return draw, probe
-    raise TypeError(f"data must be a tensor [N, *event], a dataset name or a sampler data(n, generator), got {type(data).__name__}")
 
 
 def _seed_from(generator) -> int:

@@ -79,7 +79,7 @@ NATURAL_WEIGHTING = {
 }
 
 
-def _resolve_data(data, generator):
+def resolve_data(data, generator):
     """(draw(batch) -> Tensor, probe batch) for a tensor, a dataset name or a sampler."""
     if isinstance(data, str):
         if data not in DATASETS:
@@ -199,7 +199,7 @@ def fit(
     t_sampler = get_t_sampler(t_sampler)
     gen = generator if generator is not None else torch.Generator().manual_seed(0)
 
-    draw, probe = _resolve_data(data, gen)
+    draw, probe = resolve_data(data, gen)
     event_shape = tuple(probe.shape[1:])
     if net is None:
         with torch.random.fork_rng(devices=[]):
