@@ -321,9 +321,10 @@ def test_solver_reproduces_golden_record(key):
 
 
 # Adaptive's two runs on this table are the same check twice (~16 s each): both start on a knot,
-# end at t = 0 and stop at each knot on the way (6006 and 6403 NFE; Adaptive ignores the step
-# count). trailing-7 is the one rerun: it starts at t = 1, alpha = 0 (the zero-terminal-SNR start)
-# and crosses every knot; leading-12 starts at the knot t = 0.914 and crosses a subset of them,
+# end at t = 0 and stop at each knot on the way except in the last interval, which
+# Adaptive.final_step solves in the flow-matching view (6025 and 6410 NFE; Adaptive ignores the
+# step count). trailing-7 is the one rerun: it starts at t = 1, alpha = 0 (the zero-terminal-SNR
+# start) and crosses every knot; leading-12 starts at the knot t = 0.914 and crosses a subset of them,
 # and a start inside the range is what Adaptive also does in the warm-checked
 # fm-velocity/karras-12,t_start=0.95 run. leading-12 stays in the record (--regenerate writes it).
 SLOW_NOT_RERUN = {("Adaptive", "vp_discrete_zsnr-v/leading-12")}
