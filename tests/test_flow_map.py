@@ -193,3 +193,74 @@ def test_bad_input_is_refused_clearly():
     nan_map = FlowMap(lambda z, t, s: z * float("nan"), ug.FlowMatching(), "endpoint")
     with pytest.raises(FloatingPointError, match="FlowMapJump produced non-finite values at step 0"):
         ug.sample(nan_map, shape=(3, 2))
+
+
+# ---- the consistency boundary condition and the objectives' input checks -----------------------
+def test_consistency_objectives_are_anchored_at_the_end_of_sampling():
+    """f(z, t_end) = z must enter the loss (Song et al. 2023's boundary condition): a map that sends
+    every noisy z to one point has zero loss without it. On flow matching the level-0.002 grid
+    starts above t_end = 0, so the grid is extended down to t_end, and the collapsed map pays."""
+    from unigen import flow_map_losses as fml
+
+    process = ug.FlowMatching()
+    teacher = GAUSS.model(process, "velocity")
+    c = torch.tensor([1.0, -0.5])
+
+    def collapsed(z, t, s):  # X_{t->s}(z) = c for s < t: a constant consistency function
+        gap = (t - s).reshape(-1, 1) if torch.as_tensor(t - s).ndim else t - s
+        return torch.where(torch.as_tensor(gap) > 0, (z - c) / torch.as_tensor(gap).clamp_min(1e-12), torch.zeros_like(z))
+
+    fm = FlowMap(collapsed, process, "average_velocity")
+    x = GAUSS.sample(512, generator=torch.Generator().manual_seed(0))
+    grid = fml.karras_times(fm, 18, include_end=True)
+    assert float(grid[0]) == 0.0 and float(grid[1]) > 0.0
+    cd = fml.consistency_distillation_loss(fm, x, teacher=teacher, generator=torch.Generator().manual_seed(1), n_steps=4)
+    ct = fml.consistency_training_loss(fm, x, generator=torch.Generator().manual_seed(1), step=0, steps=1000)
+    assert float(cd) > 1e-3 and float(ct) > 1e-3
+    exact = integrated(teacher, 1e-10)
+    exact_av = FlowMap(lambda z, t, s: torch.where(torch.as_tensor(t - s).reshape(-1, 1) > 0,
+                                                   (exact.jump(z, t, s) - z) / torch.as_tensor(s - t).reshape(-1, 1),
+                                                   teacher.predict(z, t).velocity), process, "average_velocity")
+    cd_exact = fml.consistency_distillation_loss(exact_av, x[:64], teacher=teacher, generator=torch.Generator().manual_seed(1),
+                                                 n_steps=4, solver="exact")
+    assert float(cd_exact) < 1e-12
+
+
+def test_objectives_refuse_what_they_cannot_train():
+    from unigen import flow_map_losses as fml
+
+    process = ug.FlowMatching()
+    teacher = GAUSS.model(process, "velocity")
+    x = GAUSS.sample(8)
+    fn = lambda z, t, s: z  # noqa: E731
+    for par in ("endpoint", "x0"):
+        with pytest.raises(ValueError, match="the meanflow objective trains average_velocity flow maps only"):
+            fml.meanflow_loss(FlowMap(fn, process, par), x)
+        with pytest.raises(ValueError, match="the consistency_distillation objective trains average_velocity"):
+            fml.consistency_distillation_loss(FlowMap(fn, process, par), x, teacher=teacher)
+    fm = FlowMap(fn, process)
+    with pytest.raises(ValueError, match="equal_fraction must be a fraction in"):
+        fml.meanflow_loss(fm, x, equal_fraction=3.0)
+    with pytest.raises(ValueError, match="adaptive_p must be a non-negative number"):
+        fml.meanflow_loss(fm, x, adaptive_p=-1)
+    with pytest.raises(ValueError, match="tangent_c must be a positive number"):
+        fml.continuous_consistency_loss(fm, x, tangent_c=-1)
+    with pytest.raises(ValueError, match="self_consistency_fraction must be a fraction"):
+        fml.shortcut_loss(fm, x, self_consistency_fraction=1.5)
+    narrow = ug.Model(teacher.fn, process, "velocity", t_range=(0.2, 0.8))
+    with pytest.raises(ValueError, match=r"the teacher is defined on t in \[0.2, 0.8\]"):
+        fml.flow_map_matching_loss(fm, x, teacher=narrow)
+    with pytest.raises(ValueError, match="the teacher cannot give x0_hat at the generator's start time t=1"):
+        ug.fit_dmd(GAUSS.model(process, "eps"), (2,), steps=1)
+
+
+def test_a_flow_map_is_never_called_below_its_range():
+    """A one-time solver lands on sigma = 0 without calling the network; a flow map calls it at s."""
+    calls = []
+    fm = FlowMap(lambda z, t, s: calls.append(float(s)) or z, ug.VP.linear(), "endpoint", t_range=(1e-3, 1.0))
+    z = torch.zeros(3, 2)
+    with pytest.raises(ValueError, match="s must lie in"):
+        fm(z, 0.5, torch.tensor([0.5, 0.5, 0.0]))
+    with pytest.raises(ValueError, match="the sampling grid must lie in"):
+        ug.sample(fm, noise=z, steps=2, t_end=0.0)
+    assert calls == []

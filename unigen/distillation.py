@@ -39,8 +39,11 @@ z_t = alpha_t G(eps) + sigma_t n,
     grad_x KL = E_t w_t alpha_t (s_fake(z_t, t) - s_real(z_t, t)),
     s(z, t) = -(z - alpha_t mu(z, t)) / sigma_t^2,  so  alpha_t (s_fake - s_real) = (alpha_t^2/sigma_t^2)(mu_fake - mu_real),
 
-with DMD's weight w_t = (sigma_t^2/alpha_t^2) D / ||x - mu_real(z_t, t)||_1 (D the dimension), i.e.
-the step x <- x - (mu_fake - mu_real) D / ||x - mu_real||_1. s_real is the teacher; s_fake is a
+with the weight w_t = (sigma_t^2/alpha_t^2) D / ||x - mu_real(z_t, t)||_1 (D the dimension), i.e.
+the step x <- x - (mu_fake - mu_real) D / ||x - mu_real||_1. The paper writes w_t = (sigma_t^2/alpha_t)
+D / ||.||_1, which keeps one more factor alpha_t; the two agree on VE/EDM paths (alpha = 1), and
+the form here (also that of DMD2's released code) weights every log-SNR the same way on VP and
+flow-matching paths instead of down-weighting alpha_t -> 0. s_real is the teacher; s_fake is a
 model trained online on generator samples by denoising score matching. DMD's regression loss
 lambda_reg ||G(eps_ref) - x_ref||^2 on teacher (noise, ODE endpoint) pairs keeps the generator
 from dropping modes (squared L2 here, where the paper uses LPIPS on images). :func:`fit_dmd`
@@ -70,6 +73,7 @@ from .losses import loss as denoising_loss
 from .model import Model
 from .networks import MLP, Preconditioned, TinyConvNet
 from .noise import randn
+from .parametrization import undetermined_reason
 from .process import FlowMatching, Process, time_change
 from .reference import ode_endpoint, ode_trajectory
 from .sample import model_grid, sample
@@ -103,6 +107,14 @@ def _check_model(model, name: str = "teacher") -> Model:
     if not isinstance(model, Model):
         raise TypeError(f"{name} must be a unigen Model (ug.Model(net, process, parametrization)), got {type(model).__name__}")
     return model
+
+
+def _check_determined_at(teacher: Model, t: float, where: str) -> None:
+    """Refuse a teacher whose output does not give x0_hat at ``t`` (an eps model at alpha = 0, the
+    start of flow matching), which would train on NaN from the first step."""
+    reason = undetermined_reason(teacher.parametrization, teacher.process, t)
+    if reason is not None:
+        raise ValueError(f"the teacher cannot give x0_hat at {where} t={t:g}: {reason}")
 
 
 def _gen(generator) -> torch.Generator:
@@ -512,6 +524,7 @@ def progressive_distillation(teacher: Model, data, steps: int, rounds: int = 1, 
     gen = _gen(generator)
     draw, probe = resolve_data(data, gen)
     grid = model_grid(teacher, schedule if schedule is not None else None, steps)
+    _check_determined_at(teacher, float(grid[0]), "progressive distillation's first grid time")
     if isinstance(schedule, Tensor) and grid.numel() != steps + 1:
         raise ValueError(f"a schedule tensor must hold steps + 1 = {steps + 1} times, got {grid.numel()}")
     if init == "teacher":
@@ -644,6 +657,7 @@ def fit_dmd(teacher: Model, event_shape=None, *, couplings: Couplings | None = N
     Returns a :class:`OneStepGenerator` (``.history``: the total generator loss per step; ``.fake``).
     """
     _check_model(teacher)
+    _check_determined_at(teacher, teacher.default_range()[0], "the generator's start time")
     for name, v in (("steps", steps), ("fake_steps", fake_steps), ("fake_warmup", fake_warmup),
                     ("batch_size", batch_size)):
         _check_int(name, v, 0 if name in ("fake_steps", "fake_warmup") else 1)

@@ -154,7 +154,7 @@ class FlowMap(TimeDomain):
             check_time_shape(v, z, name)
             v = v.to(compute_dtype(z.dtype))
             self.process.check_t(v, name)
-            self.check_times(v, name, landing=name == "s")
+            self.check_times(v, name)  # s too: a flow map calls its network at s (no landing exemption)
             out.append(v)
         return out[0], out[1]
 

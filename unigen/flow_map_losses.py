@@ -184,7 +184,40 @@ def _check_teacher(teacher, flow_map: FlowMap, name: str, required: bool) -> Mod
         raise TypeError(f"teacher must be a unigen Model, got {type(teacher).__name__}")
     if teacher.process is not flow_map.process and _key(teacher.process) != _key(flow_map.process):
         teacher = teacher.to(flow_map.process)
+    lo, hi = teacher.t_range
+    start, end = flow_map.default_range()
+    slack = 1e-6 * max(1.0, abs(start))
+    if start > hi + slack or end < lo - slack:
+        raise ValueError(f"the teacher is defined on t in [{lo:.6g}, {hi:.6g}] but the {name} objective trains the flow map "
+                         f"on [{end:.6g}, {start:.6g}]; give the flow map t_range inside the teacher's")
     return teacher
+
+
+def _at_end(flow_map: FlowMap, t: Tensor, z: Tensor, f: Tensor) -> Tensor:
+    """The consistency target f(z, t) with the boundary condition f(z, t_end) = z imposed where
+    t = t_end (exactly, whatever the network returns there)."""
+    end = expand_like(t <= flow_map.default_range()[1], z)
+    return torch.where(end, z, f)
+
+
+def _require_parametrization(flow_map: FlowMap, name: str) -> None:
+    """Refuse a map whose parametrization the objective ``name`` cannot train (a loss called
+    directly, without :func:`fit_flow_map`'s check)."""
+    allowed = FLOW_MAP_OBJECTIVES[name].parametrizations
+    if flow_map.parametrization not in allowed:
+        raise ValueError(f"the {name} objective trains {', '.join(allowed)} flow maps only, got {flow_map.parametrization!r}")
+
+
+def _check_fraction(name: str, v) -> float:
+    if isinstance(v, bool) or not isinstance(v, (int, float)) or not 0.0 <= v <= 1.0:
+        raise ValueError(f"{name} must be a fraction in [0, 1], got {v!r}")
+    return float(v)
+
+
+def _check_positive(name: str, v, zero_ok: bool = False) -> float:
+    if isinstance(v, bool) or not isinstance(v, (int, float)) or not (v >= 0 if zero_ok else v > 0) or not math.isfinite(v):
+        raise ValueError(f"{name} must be a {'non-negative' if zero_ok else 'positive'} number, got {v!r}")
+    return float(v)
 
 
 def _key(process):
@@ -233,7 +266,7 @@ def diagonal_loss(flow_map: FlowMap, x: Tensor, eps: Tensor, t: Tensor, teacher:
 # consistency models: discrete (CD, iCT) and continuous (sCM)
 # ---------------------------------------------------------------------------------------
 def karras_times(flow_map: FlowMap, n: int, rho: float = 7.0, sigma_min: float = 0.002, sigma_max: float = 80.0,
-                 dtype=torch.float64, device=None, include_start: bool = False) -> Tensor:
+                 dtype=torch.float64, device=None, include_start: bool = False, include_end: bool = False) -> Tensor:
     r"""The consistency-model discretisation, ascending: n times with VE levels (sigma/alpha)
     sigma_i = (a + (i - 1)/(n - 1) (b - a))^rho, a = sigma_lo^{1/rho}, b = sigma_hi^{1/rho}
     (Karras et al. 2022; Song et al. 2023), mapped to ``flow_map``'s process at equal log-SNR.
@@ -258,6 +291,8 @@ def karras_times(flow_map: FlowMap, n: int, rho: float = 7.0, sigma_min: float =
     t = proc.t_from_log_snr(-2.0 * torch.log(sig)).clamp(min(t_end, t_start), max(t_end, t_start))
     if include_start and hi < level(t_start) and float(t[-1]) < t_start:
         t = torch.cat([t, torch.tensor([float(t_start)], dtype=torch.float64)])
+    if include_end and float(t[0]) > t_end + 1e-9 * max(1.0, abs(t_end)):
+        t = torch.cat([torch.tensor([float(t_end)], dtype=torch.float64), t])
     return t.to(dtype=dtype, device=device)
 
 
@@ -268,7 +303,7 @@ def _ve_level(process, t: Tensor) -> Tensor:
 def teacher_step(teacher: Model, z: Tensor, t: Tensor, s: Tensor, solver: str = "heun") -> Tensor:
     """One teacher ODE step z_t -> z_s (per-sample t, s), no gradient: ``"ddim"`` (the exact
     step for a constant x0 prediction), ``"heun"`` (Heun in the process time with the PF-ODE
-    velocity, EDM's second-order step) or ``"exact"`` (:func:`unigen.flow_map.integrated`)."""
+    velocity, EDM's second-order step; onto sigma = 0 it lands on x0_hat) or ``"exact"`` (:func:`unigen.flow_map.integrated`)."""
     with torch.no_grad():
         if solver == "exact":
             return integrated(teacher).jump(z, t, s)
@@ -279,9 +314,13 @@ def teacher_step(teacher: Model, z: Tensor, t: Tensor, s: Tensor, solver: str = 
             return a * z + (expand_like(p.alpha(s), z) - a * expand_like(p.alpha(t), z)) * x0
         if solver == "heun":
             h = expand_like(s - t, z)
-            v1 = teacher.predict(z, t).velocity
+            pred = teacher.predict(z, t)
+            v1 = pred.velocity
             v2 = teacher.predict(z + h * v1, s).velocity
-            return z + 0.5 * h * (v1 + v2)
+            heun = z + 0.5 * h * (v1 + v2)
+            # onto zero noise the step lands on x0_hat (EDM skips Heun's correction there; the
+            # velocity at sigma = 0 is 0/0 for an x0 or denoiser output)
+            return torch.where(expand_like(teacher.process.sigma(s) == 0, z), pred.x0, heun)
     raise ValueError(f"unknown teacher solver {solver!r}; valid values are ddim, heun, exact")
 
 
@@ -301,9 +340,12 @@ def consistency_distillation_loss(flow_map: FlowMap, x: Tensor, *, teacher: Mode
     ``target`` (the paper's mu = 0.95: ``fit_flow_map(..., target_ema=0.95)``) or, by default,
     the plain stop-gradient of the online weights (iCT's finding, and on a 2-D Gaussian 300-step
     run one-step error 0.44 against 1.96 with mu = 0.95), d the squared L2 (``distance="l2"``, mean over dims) or pseudo-Huber.
-    Supports every parametrization (only the consistency function X_{t->t_end} is trained)."""
+    The grid starts at t_end, where f(z, t_end) = z anchors the consistency function; that
+    needs a map with X_{t->t} = z for every t, the ``average_velocity`` parametrization (``x0``
+    is undefined at a zero-noise end, ``endpoint``/``displacement`` are not anchored)."""
     teacher = _check_teacher(teacher, flow_map, "consistency_distillation", True)
-    grid = karras_times(flow_map, n_steps, rho, dtype=x.dtype, device=x.device, include_start=True)
+    _require_parametrization(flow_map, "consistency_distillation")
+    grid = karras_times(flow_map, n_steps, rho, dtype=x.dtype, device=x.device, include_start=True, include_end=True)
     b = x.shape[0]
     n = torch.randint(0, grid.numel() - 1, (b,), generator=generator, device=generator.device if generator is not None else None).to(x.device)
     t_hi, t_lo = grid[n + 1], grid[n]
@@ -311,7 +353,7 @@ def consistency_distillation_loss(flow_map: FlowMap, x: Tensor, *, teacher: Mode
     z = _noised(flow_map.process, x, eps, t_hi)
     z_prev = teacher_step(teacher, z, t_hi, t_lo, solver)
     with torch.no_grad():
-        tgt = _target_map(flow_map, target).consistency(z_prev, t_lo)
+        tgt = _at_end(flow_map, t_lo, z_prev, _target_map(flow_map, target).consistency(z_prev, t_lo))
     return _distance(flow_map.consistency(z, t_hi), tgt, distance, huber_c).mean()
 
 
@@ -340,12 +382,14 @@ def consistency_training_loss(flow_map: FlowMap, x: Tensor, *, generator=None, t
     lambda = 1/(sigma_{i+1} - sigma_i) (in VE levels), d the pseudo-Huber distance with
     c = 0.00054 sqrt(d), and no EMA target (``target`` is used if given). The VE levels are those
     of ``flow_map``'s process at equal log-SNR, so on VE/EDM this is iCT verbatim. Needs no
-    teacher. Supports every parametrization."""
+    teacher. The grid starts at t_end (the boundary condition, as in consistency distillation);
+    ``average_velocity`` maps only."""
     if teacher is not None:
         raise ValueError("the consistency_training objective learns from data alone and takes no teacher "
                          "(use consistency_distillation to distil a teacher)")
+    _require_parametrization(flow_map, "consistency_training")
     n_times = ict_discretisation_steps(step, steps, s0, s1)
-    grid = karras_times(flow_map, n_times, rho, dtype=torch.float64)
+    grid = karras_times(flow_map, n_times, rho, dtype=torch.float64, include_end=True)
     proc = flow_map.process
     lev = _ve_level(proc, grid)
     cdf = torch.erf((torch.log(lev) - p_mean) / (math.sqrt(2.0) * p_std))
@@ -357,7 +401,8 @@ def consistency_training_loss(flow_map: FlowMap, x: Tensor, *, generator=None, t
     t_hi, t_lo = grid[i + 1], grid[i]
     eps = _noise(x, generator)
     with torch.no_grad():
-        tgt = _target_map(flow_map, target).consistency(_noised(proc, x, eps, t_lo), t_lo)
+        z_lo = _noised(proc, x, eps, t_lo)
+        tgt = _at_end(flow_map, t_lo, z_lo, _target_map(flow_map, target).consistency(z_lo, t_lo))
     pred = flow_map.consistency(_noised(proc, x, eps, t_hi), t_hi)
     return (weight * pseudo_huber(pred, tgt, huber_c)).mean()
 
@@ -387,6 +432,8 @@ def continuous_consistency_loss(flow_map: FlowMap, x: Tensor, *, generator=None,
     unbiased estimate of v). Times: log VE level ~ N(P_mean, P_std^2) = N(-1.0, 1.4^2) as sCM.
     The time derivative is in the process's own time t; TrigFlow's adaptive weighting and
     tangent warm-up are not used. Supports every parametrization."""
+    _require_parametrization(flow_map, "scm")
+    _check_positive("tangent_c", tangent_c)
     teacher = _check_teacher(teacher, flow_map, "scm", False)
     tt = TrainingTimes(flow_map, x.dtype, x.device)
     t = _lognormal_times(tt, x.shape[0], generator, p_mean, p_std)
@@ -422,7 +469,11 @@ def meanflow_loss(flow_map: FlowMap, x: Tensor, *, generator=None, teacher: Mode
     from a logit-normal (P_mean, P_std) = (-0.4, 1.0) in the flow-matching-equivalent time
     (sorted: t the larger), with s = t for a fraction ``equal_fraction`` (their 75%) of the batch.
     Only the ``average_velocity`` parametrization."""
+    _require_parametrization(flow_map, "meanflow")
     teacher = _check_teacher(teacher, flow_map, "meanflow", False)
+    _check_fraction("equal_fraction", equal_fraction)
+    _check_positive("adaptive_p", adaptive_p, zero_ok=True)
+    _check_positive("adaptive_c", adaptive_c)
     tt = TrainingTimes(flow_map, x.dtype, x.device)
     b = x.shape[0]
     dev = generator.device if generator is not None else None
@@ -437,7 +488,7 @@ def meanflow_loss(flow_map: FlowMap, x: Tensor, *, generator=None, teacher: Mode
     v = _velocity(flow_map, teacher, z, t) if teacher is not None else _conditional_velocity(flow_map.process, x, eps, t)
     out, dudt = _jvp(lambda zz, t_, s_: flow_map.raw(zz, t_, s_), (z, t, s), (v, torch.ones_like(t), torch.zeros_like(s)))
     u_tgt = v - expand_like(t - s, v) * dudt.detach()
-    err = _sq(out - u_tgt)
+    err = (out - u_tgt).pow(2).reshape(b, -1).sum(1)  # the paper's squared L2 norm, not the mean over dims
     w = 1.0 / (err.detach() + adaptive_c) ** adaptive_p
     return (w * err).mean()
 
@@ -569,6 +620,7 @@ def shortcut_loss(flow_map: FlowMap, x: Tensor, *, generator=None, teacher: Mode
     an average velocity, ||X_theta(z,t,s) - X_tgt||^2 / (t - s)^2, which for
     ``average_velocity`` is their loss."""
     teacher = _check_teacher(teacher, flow_map, "shortcut", False)
+    _check_fraction("self_consistency_fraction", self_consistency_fraction)
     if isinstance(max_steps, bool) or not isinstance(max_steps, int) or max_steps < 2 or max_steps & (max_steps - 1):
         raise ValueError(f"max_steps must be a power of two >= 2, got {max_steps!r}")
     tt = TrainingTimes(flow_map, x.dtype, x.device)
@@ -661,6 +713,9 @@ def flow_map_matching_loss(flow_map: FlowMap, x: Tensor, *, teacher: Model, gene
 # the registry
 # ---------------------------------------------------------------------------------------
 ALL_PARAMETRIZATIONS = ("average_velocity", "x0", "displacement", "endpoint")
+# consistency objectives train f(z, t) = X_{t->t_end}(z) alone: only a map with X_{t->t} = z for
+# every t (including a zero-noise t_end) carries the boundary condition f(z, t_end) = z
+ANCHORED = ("average_velocity",)
 
 
 @dataclass(frozen=True)
@@ -693,11 +748,11 @@ class FlowMapObjective:
 FLOW_MAP_OBJECTIVES: dict[str, FlowMapObjective] = {
     o.name: o
     for o in (
-        FlowMapObjective("consistency_distillation", consistency_distillation_loss, "required",
+        FlowMapObjective("consistency_distillation", consistency_distillation_loss, "required", ANCHORED,
                          description="CD (Song et al. 2023): one Heun teacher step between adjacent times, stop-gradient target"),
-        FlowMapObjective("consistency_training", consistency_training_loss, "none",
+        FlowMapObjective("consistency_training", consistency_training_loss, "none", ANCHORED,
                          description="iCT (Song & Dhariwal 2023): pseudo-Huber, log-normal times, curriculum N(k)"),
-        FlowMapObjective("scm", continuous_consistency_loss, "optional",
+        FlowMapObjective("scm", continuous_consistency_loss, "optional", ANCHORED,
                          description="sCM (Lu & Song 2024): continuous-time consistency through a JVP"),
         FlowMapObjective("meanflow", meanflow_loss, "optional", ("average_velocity",),
                          description="MeanFlow (Geng et al. 2025): u = v - (t - s) du/dt through a JVP"),

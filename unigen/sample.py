@@ -171,6 +171,7 @@ def _sample_flow_map(flow_map: FlowMap, sampler, steps, schedule, *, shape, nois
     if steps is None and not isinstance(schedule, Tensor):
         steps = 1  # one jump: what a flow map is for
     ts = model_grid(flow_map, schedule, steps, t_start, t_end)
+    flow_map.check_times(ts, "the sampling grid")  # every time, the last included: the map is called at it
     z = prior_draw(flow_map.process, ts, shape, noise, generator, dtype, device)
     data_dtype = z.dtype
     z = z.to(compute_dtype(data_dtype))
