@@ -13,6 +13,7 @@ import subprocess
 import sys
 
 import pytest
+import torch
 
 ROOT = pathlib.Path(__file__).resolve().parents[1]
 MODULES = ["benchmarks", "benchmarks.peer_samplers", "benchmarks.peers", "benchmarks.nfe_quality",
@@ -43,7 +44,7 @@ def test_no_sys_path_edits_in_benchmarks_or_tests():
     assert offenders == []
 
 
-def test_speed_benchmark_smoke(tmp_path):
+def test_speed_benchmark_smoke(tmp_path, capsys):
     """Every section of ``python -m benchmarks.speed`` at tiny sizes, unigen only."""
     out = tmp_path / "speed.json"
     res = _speed("--quick", "--no-peers", "--only", "DDIM", "--steps", "20", "--batches", "8", "--repeats", "1",
@@ -61,9 +62,22 @@ def test_speed_benchmark_smoke(tmp_path):
     assert 0.0 < fraction["fraction"] <= 1.0 and fraction["nfe"] == 3
     assert data["overhead"]["first_call"]["rows"] == []  # --only DDIM: none of the row's algorithms
 
-    # the first-call setup row alone, merged into the overhead section already in the file
-    res = _speed("--sections", "overhead", "--first-call-only", "--update", "--quick", "--no-peers", "--only",
-                 "DPM++(2M)", "--fc-steps", "3,5", "--fc-repeats", "1", "--repeats", "1", "--out", str(out))
+    # the first-call setup row alone, merged into the overhead section already in the file. Run in
+    # this process through main(argv), the function the command line above ran (a second fresh
+    # interpreter only re-paid the ~4 s import); under a fresh interpreter's float32 default dtype,
+    # and the thread count it sets is restored
+    from benchmarks.speed.__main__ import main as speed_main
+
+    dtype, threads = torch.get_default_dtype(), torch.get_num_threads()
+    torch.set_default_dtype(torch.float32)
+    try:
+        assert speed_main(["--sections", "overhead", "--first-call-only", "--update", "--quick", "--no-peers",
+                           "--only", "DPM++(2M)", "--fc-steps", "3,5", "--fc-repeats", "1", "--repeats", "1",
+                           "--out", str(out)]) == 0
+    finally:
+        torch.set_default_dtype(dtype)
+        torch.set_num_threads(threads)
+    stdout = capsys.readouterr().out
     merged = json.loads(out.read_text())
     assert set(merged) == set(data)
     assert merged["overhead"]["results"] == data["overhead"]["results"]
@@ -73,4 +87,4 @@ def test_speed_benchmark_smoke(tmp_path):
         assert "error" not in r, r
         assert r["first_call_us"] > 0 and r["warm_call_us"] > 0 and r["grid_alone_us"] is None
         assert r["new_model_same_process_minus_warm_us"] is not None
-    assert "## 1d. First-call setup" in res.stdout
+    assert "## 1d. First-call setup" in stdout
