@@ -6,7 +6,6 @@ import json
 import math
 import pathlib
 import re
-import subprocess
 import sys
 
 import pytest
@@ -121,16 +120,25 @@ def test_reference_reaches_zero_noise_for_flow_matching():
     assert endpoint_rmse(y, x) < 1e-3
 
 
-def test_quick_script_writes_json(tmp_path):
+def test_quick_script_writes_json(tmp_path, capsys):
     """The script's --quick mode end to end (its three problems, the tiny moons model trained and
     cached under its quick step count, tables, JSON, plots) at two budgets, 100 samples and 20 NLL
     points instead of six budgets, 400 and 100: the same code runs, at about half the time."""
     out = tmp_path / "nfe.json"
-    cmd = [sys.executable, str(ROOT / "benchmarks" / "nfe_quality.py"), "--quick", "--out", str(out),
-           "--cache", str(tmp_path / "cache"), "--threads", "1", "--budgets", "4", "10", "--samples", "100",
-           "--nll-samples", "20"]
-    res = subprocess.run(cmd, capture_output=True, text=True, timeout=180)
-    assert res.returncode == 0, res.stderr[-2000:]
+    # in this process, through main(argv), what the script's command line runs (a fresh interpreter
+    # re-paid ~4.5 s of imports; tests/test_calibration.py runs a benchmark script as a file), under
+    # a fresh interpreter's float32 default dtype; the thread count it sets is restored
+    from benchmarks.nfe_quality import main as nfe_main
+
+    dtype, threads = torch.get_default_dtype(), torch.get_num_threads()
+    torch.set_default_dtype(torch.float32)
+    try:
+        assert nfe_main(["--quick", "--out", str(out), "--cache", str(tmp_path / "cache"), "--threads", "1",
+                         "--budgets", "4", "10", "--samples", "100", "--nll-samples", "20"]) == 0
+    finally:
+        torch.set_default_dtype(dtype)
+        torch.set_num_threads(threads)
+    stdout = capsys.readouterr().out
     data = json.loads(out.read_text())
     assert data["mode"] == "quick" and data["records"]
     settings = data["settings"]
@@ -141,14 +149,14 @@ def test_quick_script_writes_json(tmp_path):
     refs = [r for r in data["records"] if r["budget"] is None]
     assert all(math.isfinite(r["nll"]) for r in refs)
     assert all(abs(r["nll"] - r["nll_exact"]) < 1e-4 for r in refs if not r["trained"])
-    assert "| torchdiffeq rk4 |" in res.stdout and "Legend:" in res.stdout
+    assert "| torchdiffeq rk4 |" in stdout and "Legend:" in stdout
     assert all(r["nfe"] <= r["budget"] for r in data["records"] if r["budget"] is not None and r["nfe"] is not None)
-    assert "| DDIM |" in res.stdout
+    assert "| DDIM |" in stdout
     pngs = sorted(tmp_path.glob("nfe_*.png"))
     if importlib.util.find_spec("matplotlib") is not None:
         assert pngs and all(p.stat().st_size > 1000 for p in pngs)
     else:
-        assert not pngs and "matplotlib is not installed" in res.stdout
+        assert not pngs and "matplotlib is not installed" in stdout
 
 
 # --- trained problems, the NLL column, callable schedules --------------------------------------
