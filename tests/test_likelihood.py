@@ -62,12 +62,16 @@ def test_discrete_process_likelihood():
 
 
 def test_same_likelihood_in_every_parametrization():
+    """The same ODE solve in every output type, so it needs no tight tolerance: at rtol = atol = 1e-6
+    (3.6x cheaper than 1e-10) the five solves still agree to 2.7e-14 (2.8e-14 at 1e-10), asserted
+    to 3e-12; an output off by a relative 1e-11 moves log p by 1.2e-10 (measured), 40x that."""
     gm, p = mixture(3, seed=4), ug.VP.linear()
     x = gm.sample(6, generator=torch.Generator().manual_seed(3))
-    ref = log_likelihood(gm.model(p, "eps"), x, **TIGHT)
+    tol = dict(rtol=1e-6, atol=1e-6)
+    ref = log_likelihood(gm.model(p, "eps"), x, **tol)
     for param in ("v", "velocity", "x0", "score"):
-        # measured <= 2.8e-14: the same ODE solve up to rounding in the conversion
-        torch.testing.assert_close(log_likelihood(gm.model(p, param), x, **TIGHT), ref, rtol=0, atol=3e-12)
+        # measured <= 2.7e-14: the same ODE solve up to rounding in the conversion
+        torch.testing.assert_close(log_likelihood(gm.model(p, param), x, **tol), ref, rtol=0, atol=3e-12)
 
 
 def test_model_to_changes_log_p_by_the_input_scale_jacobian():
