@@ -156,10 +156,11 @@ def test_reflow_straightens_and_buys_one_step_quality(ring):
 
 
 def test_progressive_distillation_beats_the_teacher_at_half_the_steps(ring):
-    """Two exact-teacher DDIM steps -> one student step: measured SW2 0.48 vs the teacher's one-step 1.44."""
+    """Two exact-teacher DDIM steps -> one student step: measured SW2 0.50 (120 steps; 0.48 at 200) vs the
+    teacher's one-step 1.44, i.e. 0.35x against the 0.5x asserted."""
     mix = ring["mix"]
     out = D.progressive_distillation(ring["teacher"], lambda n, g: mix.sample(n, generator=g, dtype=torch.float32), 2,
-                                     init="fresh", net=_net(), train_steps=200, lr=3e-3,
+                                     init="fresh", net=_net(), train_steps=120, lr=3e-3,
                                      generator=torch.Generator().manual_seed(0))
     (s,) = out
     assert s.steps == 1 and s.grid.tolist() == [1.0, 0.0]
@@ -183,17 +184,18 @@ def test_progressive_distillation_starts_from_the_teacher_weights(ring):
 
 
 def test_dmd_one_step_generator_beats_the_untrained_one(ring):
-    """DMD + regression (150 generator steps, 2 fake steps each, hidden 32): measured SW2 0.31
-    against 1.52 for the untrained generator (and 1.44 for the teacher's one Euler step)."""
+    """DMD + regression (80 generator steps, 2 fake steps each, hidden 32): measured 0.25x the untrained
+    generator's SW2 of 1.52 (0.21x at 150 steps), against the 0.6x asserted (the teacher's one Euler
+    step: 1.44)."""
     pairs = D.Couplings(ring["pairs"].noise[:1024], ring["pairs"].data[:1024])
     untrained = D.OneStepGenerator(ug.Model(ug.networks.Preconditioned(_net(), FM, "x0"), FM, "x0"), 1.0)
     q0 = ring["sw2"](untrained(ring["eps"].float()))
-    gen = D.fit_dmd(ring["teacher"], couplings=pairs, init="fresh", net=_net(), fake_net=_net(seed=1), steps=150,
+    gen = D.fit_dmd(ring["teacher"], couplings=pairs, init="fresh", net=_net(), fake_net=_net(seed=1), steps=80,
                     fake_steps=2, lr=2e-3, generator=torch.Generator().manual_seed(0), dtype=torch.float32)
     x, info = ug.sample(gen.as_model(), "DDIM", steps=1, noise=ring["eps"].float())
     assert info.nfe == 1 and torch.equal(x, gen(ring["eps"].float()))
     assert ring["sw2"](x) < 0.6 * q0
-    assert len(gen.history) == 150 and gen.fake is not None
+    assert len(gen.history) == 80 and gen.fake is not None
 
 
 # ---------------------------------------------------------------------------------------
