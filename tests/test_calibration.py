@@ -61,10 +61,11 @@ def test_optimised_grid_beats_the_default_grid_on_held_out_noise(problem):
     against the dopri5 endpoint of the same PF-ODE (the exact mixture model)."""
     solver = ug.UniPC(order=3)
     calib = problem.noise(256, torch.Generator().manual_seed(7))
-    res = optimize_schedule(problem.model, solver, 10, noise=calib, max_evals=200)
+    # 100 evaluations: held-out error 0.20x the default grid's (0.16x at 200), asserted 0.5x
+    res = optimize_schedule(problem.model, solver, 10, noise=calib, max_evals=100)
     assert res.grid.shape == (11,) and (res.grid[1:] < res.grid[:-1]).all()
     assert (float(res.grid[0]), float(res.grid[-1])) == sample_range(problem.process)
-    assert res.rmse < res.default_rmse and res.evaluations <= 200 + 3
+    assert res.rmse < res.default_rmse and res.evaluations <= 100 + 3
 
     z = problem.noise(400, torch.Generator().manual_seed(8))
     ref, _ = problem.reference(z, *sample_range(problem.process))
