@@ -347,7 +347,8 @@ def plot(results: dict, path: pathlib.Path) -> None:
             series.setdefault(label, []).append((r["nfe"], r["sw2"]))
         for label, pts in series.items():
             pts.sort()
-            best_only = label.startswith("teacher") or min(p[1] for p in pts) <= 3 * res["floor"]["sw2_mean"]
+            ref = min(r["sw2"] for r in res["rows"] if r["method"] == "teacher")  # the teacher's best
+            best_only = label.startswith("teacher") or min(p[1] for p in pts) <= 3 * max(res["floor"]["sw2_mean"], ref)
             if best_only:
                 ax.plot(*zip(*pts), marker="o", ms=3, lw=1.5 if label.startswith("teacher") else 0.8,
                         color="k" if label.startswith("teacher") else None, ls="--" if "gits" in label else "-",
