@@ -1,7 +1,7 @@
 r"""Training objectives of two-time models (:class:`~unigen.flow_map.FlowMap`): consistency models,
 MeanFlow, flow-map self-distillation, shortcut models and teacher regression, on any process.
 
-Conventions (as in the rest of unigen and ``docs/math-sheet`` section 10): time runs from data
+Conventions (as in the rest of unigen and docs/theory.md, section 13): time runs from data
 (t small) to noise (t large), z_t = alpha_t x + sigma_t eps, and a flow map X_{t->s} maps a start
 time t to a target time s <= t. The conditional velocity of the path is
 d z_t / dt = alpha'_t x + sigma'_t eps, and the PF-ODE velocity v(z, t) is its conditional mean.
