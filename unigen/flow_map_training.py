@@ -24,15 +24,11 @@ from .flow_map_losses import get_objective
 from .model import Model
 from .networks import PreconditionedFlowMap, TwoTimeMLP
 from .process import Process
-from .train import resolve_data
+from .train import prepare_training
 
 __all__ = ["fit_flow_map"]
 
 _DEFAULT = object()
-
-
-def _seed_from(generator) -> int:
-    return int(torch.randint(0, 2**62, (1,), generator=generator, device=generator.device))
 
 
 def fit_flow_map(
@@ -118,20 +114,8 @@ def fit_flow_map(
         teacher = teacher.to(process)
     gen = generator if generator is not None else torch.Generator().manual_seed(0)
 
-    draw, probe = resolve_data(data, gen)
+    draw, probe, net, sigma_data = prepare_training(data, gen, net, TwoTimeMLP, "net(z, c_t, c_s)", sigma_data)
     event_shape = tuple(probe.shape[1:])
-    if net is None:
-        with torch.random.fork_rng(devices=[]):
-            torch.manual_seed(_seed_from(gen))
-            net = TwoTimeMLP(event_shape).to(dtype=probe.dtype, device=probe.device)
-    elif not isinstance(net, nn.Module):
-        raise TypeError(f"net must be a torch.nn.Module net(z, c_t, c_s), got {type(net).__name__}")
-    net_event = getattr(net, "event_shape", None)
-    if net_event is not None and tuple(net_event) != event_shape:
-        raise ValueError(f"data samples have shape {event_shape} but the net expects event shape {tuple(net_event)}")
-    if sigma_data is None:
-        sigma_data = float(probe.std()) if probe.numel() > 1 else 1.0
-        sigma_data = sigma_data if math.isfinite(sigma_data) and sigma_data > 0 else 1.0
 
     body = PreconditionedFlowMap(net, process, parametrization, sigma_data=sigma_data, time_input=time_input)
     flow_map = FlowMap(body, process, parametrization)

@@ -127,6 +127,29 @@ def _seed_from(generator) -> int:
     return int(torch.randint(0, 2**62, (1,), generator=generator, device=generator.device))
 
 
+def prepare_training(data, gen: torch.Generator, net, default_net, signature: str, sigma_data):
+    """What every trainer does before its loop: the minibatch sampler and a probe batch
+    (:func:`resolve_data`), the network (``default_net(event_shape)`` built under a seed drawn
+    from ``gen`` when ``net`` is None, else checked to be a Module whose ``event_shape``, if it
+    declares one, is the data's) and the data scale (the probe's std unless given). Returns
+    (draw, probe, net, sigma_data)."""
+    draw, probe = resolve_data(data, gen)
+    event_shape = tuple(probe.shape[1:])
+    if net is None:
+        with torch.random.fork_rng(devices=[]):
+            torch.manual_seed(_seed_from(gen))
+            net = default_net(event_shape).to(dtype=probe.dtype, device=probe.device)
+    elif not isinstance(net, nn.Module):
+        raise TypeError(f"net must be a torch.nn.Module {signature}, got {type(net).__name__}")
+    net_event = getattr(net, "event_shape", None)
+    if net_event is not None and tuple(net_event) != event_shape:
+        raise ValueError(f"data samples have shape {event_shape} but the net expects event shape {tuple(net_event)}")
+    if sigma_data is None:
+        sigma_data = float(probe.std()) if probe.numel() > 1 else 1.0
+        sigma_data = sigma_data if math.isfinite(sigma_data) and sigma_data > 0 else 1.0
+    return draw, probe, net, sigma_data
+
+
 def fit(
     data,
     process,
@@ -199,20 +222,8 @@ def fit(
     t_sampler = get_t_sampler(t_sampler)
     gen = generator if generator is not None else torch.Generator().manual_seed(0)
 
-    draw, probe = resolve_data(data, gen)
+    draw, probe, net, sigma_data = prepare_training(data, gen, net, _default_net, "f(z, c)", sigma_data)
     event_shape = tuple(probe.shape[1:])
-    if net is None:
-        with torch.random.fork_rng(devices=[]):
-            torch.manual_seed(_seed_from(gen))
-            net = _default_net(event_shape).to(dtype=probe.dtype, device=probe.device)
-    elif not isinstance(net, nn.Module):
-        raise TypeError(f"net must be a torch.nn.Module f(z, c), got {type(net).__name__}")
-    net_event = getattr(net, "event_shape", None)
-    if net_event is not None and tuple(net_event) != event_shape:
-        raise ValueError(f"data samples have shape {event_shape} but the net expects event shape {tuple(net_event)}")
-    if sigma_data is None:
-        sigma_data = float(probe.std()) if probe.numel() > 1 else 1.0
-        sigma_data = sigma_data if math.isfinite(sigma_data) and sigma_data > 0 else 1.0
 
     body = Preconditioned(net, process, parametrization, sigma_data=sigma_data, skip=skip)
     body.event_shape = event_shape
