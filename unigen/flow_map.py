@@ -43,14 +43,12 @@ from ._utils import as_time, check_time_shape, compute_dtype, expand_like, refus
 from .model import Model, TimeDomain, call_network, check_range, checked_output, module_dtype
 from .parametrization import undetermined_reason
 from .process import FlowMatching, Process, time_change
+from .solvers.adaptive import LANDING_TIME  # where a map onto sigma = 0 lands on x0_hat, as the reference
 
-__all__ = ["FlowMap", "FLOW_MAP_PARAMETRIZATIONS", "FlowMapParametrization", "integrated", "LANDING_TIME"]
+__all__ = ["FlowMap", "FLOW_MAP_PARAMETRIZATIONS", "FlowMapParametrization", "integrated"]
 
 _EMPTY: dict = {}
 
-# the flow-matching time where a map onto sigma = 0 stops and lands on x0_hat when the
-# model's output does not determine the velocity at sigma = 0 (as unigen.reference does)
-LANDING_TIME = 1e-9
 
 
 class JumpCoefficients:

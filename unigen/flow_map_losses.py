@@ -42,12 +42,13 @@ import torch
 from torch import Tensor
 
 from ._utils import expand_like
-from .flow_map import LANDING_TIME, FlowMap, integrated
+from .flow_map import FlowMap, integrated
 from .model import Model
 from .noise import randn
 from .parametrization import PathCoefficients, undetermined_reason
 from .process import FlowMatching, time_change
 from .schedules import default_schedule, make_grid
+from .solvers.adaptive import LANDING_TIME
 from .time_samplers import default_t_range
 
 __all__ = [

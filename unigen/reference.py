@@ -14,6 +14,7 @@ from .model import Model
 from .parametrization import undetermined_reason
 from .process import FlowMatching, time_change
 from .solvers import Adaptive, Dynamics, Grid
+from .solvers.adaptive import LANDING_TIME  # the one flow-matching time where solves onto sigma = 0 land
 
 __all__ = ["ode_endpoint", "ode_trajectory"]
 
@@ -78,9 +79,6 @@ def ode_trajectory(model: Model, z: Tensor, times: Tensor, tol: float = 1e-10, i
         if land:  # x0 is the same in every process: no rescaling
             xs[-1] = landed
     return xs.to(z.dtype), dyn.nfe
-
-
-LANDING_TIME = 1e-9  # the flow-matching time where a solve onto sigma = 0 lands on x0_hat (see ode_endpoint)
 
 
 def _zero_noise(process, t: float) -> bool:
